@@ -304,7 +304,7 @@ kd_registry *kd_registry_open(struct kd_registry_params p, struct kd_err *e) {
     }
     struct kd_slot *s = &r->slots[r->n_models++];
     memset(s, 0, sizeof *s);
-    snprintf(s->name, sizeof s->name, "%s", de->d_name);
+    memcpy(s->name, de->d_name, strlen(de->d_name) + 1); /* valid_model_name: < KD_NAME_MAX */
   }
   closedir(d);
   if (r->n_models > 1) qsort(r->slots, r->n_models, sizeof *r->slots, cmp_slot_name);

@@ -1,6 +1,8 @@
 /* main.c - kdrank-serve: configuration, start-up (registry, metrics, gRPC server), then wait for
- * SIGTERM/SIGINT with sigwait and drain. Exit codes: 0 clean (or drained) exit, 1 start-up error,
+ * SIGTERM/SIGINT (handler + self-pipe) and drain. Exit codes: 0 clean (or drained) exit, 1 start-up error,
  * 2 bad command line. */
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -14,6 +16,20 @@
 #include "log.h"
 #include "metrics.h"
 #include "serve.h"
+
+/* Stop signals: the handler writes the signal number to a pipe that main reads. A handler (not
+ * only a blocked mask + sigwait) is needed because threads created before main (OpenBLAS starts its
+ * pool in a library constructor) do not inherit our mask: a SIGTERM delivered to one of them while
+ * main is not waiting would take the default action and kill the process mid-drain. */
+static int g_sigpipe[2] = {-1, -1};
+
+static void on_stop_signal(int sig) {
+  int saved = errno;
+  unsigned char c = (unsigned char)sig;
+  ssize_t w = write(g_sigpipe[1], &c, 1);
+  (void)w;
+  errno = saved;
+}
 
 static int kernel_of(const char *s) {
   if (strcmp(s, "scalar") == 0) return KD_KERNEL_SCALAR;
@@ -45,12 +61,23 @@ int main(int argc, char **argv) {
     fprintf(stderr, "kdrank-serve: --model-repo DIR is required (see --help)\n");
     return 2;
   }
-  /* Block the stop signals before any thread exists (gRPC's, libmicrohttpd's and ours inherit
-   * the mask); main collects them with sigwait. */
+  /* Stop signals: handled (see on_stop_signal) and blocked while gRPC's, libmicrohttpd's and our
+   * threads are created, so they inherit the mask; main unblocks them once serving. */
   sigset_t stop;
   sigemptyset(&stop);
   sigaddset(&stop, SIGTERM);
   sigaddset(&stop, SIGINT);
+  if (pipe2(g_sigpipe, O_CLOEXEC) != 0) {
+    fprintf(stderr, "kdrank-serve: pipe: %s\n", strerror(errno));
+    return 1;
+  }
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
   pthread_sigmask(SIG_BLOCK, &stop, NULL);
   signal(SIGPIPE, SIG_IGN);
 
@@ -105,10 +132,11 @@ int main(int argc, char **argv) {
          cfg.listen, srv->port, n_workers,
          cfg.tls_cert[0] ? (cfg.tls_client_ca[0] ? "mtls" : "tls") : "off",
          kd_registry_n_models(reg), default_model ? default_model : "");
-  int sig = 0;
-  sigwait(&stop, &sig);
-  kd_log(KD_LOG_INFO, "draining", "signal=%s drain_timeout_ms=%lld", sig == SIGTERM ? "SIGTERM" : "SIGINT",
-         cfg.drain_timeout_ms);
+  pthread_sigmask(SIG_UNBLOCK, &stop, NULL);
+  unsigned char sig = 0;
+  while (read(g_sigpipe[0], &sig, 1) < 0 && errno == EINTR) {
+  }
+  kd_log(KD_LOG_INFO, "signal", "signal=%s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   kd_server_stop(srv, cfg.drain_timeout_ms);
   rc = 0;
 out_grpc:
@@ -118,5 +146,7 @@ out_metrics:
 out_reg:
   kd_registry_free(reg);
   kd_log(KD_LOG_INFO, "exit", "code=%d", rc);
+  close(g_sigpipe[0]);
+  close(g_sigpipe[1]);
   return rc;
 }

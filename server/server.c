@@ -408,6 +408,7 @@ int kd_server_stop(struct kd_server *s, int64_t timeout_ms) {
   grpc_completion_queue *scq = grpc_completion_queue_create_for_pluck(NULL);
   uint64_t t0 = kd_now_ns();
   grpc_server_shutdown_and_notify(s->server, scq, s);
+  kd_log(KD_LOG_INFO, "draining", "accepting=no timeout_ms=%lld", (long long)timeout_ms);
   gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
   grpc_event ev = grpc_completion_queue_pluck(scq, s, dl, NULL);
   int timed_out = ev.type != GRPC_OP_COMPLETE;

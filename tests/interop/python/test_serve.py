@@ -432,7 +432,7 @@ class LifecycleTest(unittest.TestCase):
                 self.assertEqual(cm.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
         finally:
             self.assertEqual(srv.stop(signal.SIGINT), 0)
-        self.assertIn("signal=SIGINT", srv.text())
+        self.assertIn("event=signal signal=SIGINT", srv.text())
 
     def test_config_file_help_and_bad_flags(self):
         code, out = kdserve.run_serve("--help")
