@@ -429,8 +429,10 @@ kd_version *kd_registry_acquire(kd_registry *r, const char *model, uint64_t rout
 
 void kd_registry_release(kd_version *v) {
   if (!v) return;
-  if (atomic_fetch_sub_explicit(&v->refs, 1, memory_order_release) == 1) {
-    atomic_thread_fence(memory_order_acquire); /* see every reader's last use before freeing */
+  /* acq_rel: our uses happen before the decrement, and the last decrement sees every other
+   * reader's uses before freeing (a release + acquire fence pair would do, but TSan models
+   * only the read-modify-write). */
+  if (atomic_fetch_sub_explicit(&v->refs, 1, memory_order_acq_rel) == 1) {
     version_destroy(v);
   }
 }
