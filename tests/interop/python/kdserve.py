@@ -29,7 +29,12 @@ def configure(argv):
         if k not in ARGS:
             sys.exit("usage: %s --serve BIN --ckpt BIN --proto-dir DIR [unittest args]" % argv[0])
     ARGS.setdefault("wrapper", os.environ.get("KD_SERVE_WRAPPER", ""))
+    global SLOW
+    SLOW = 10 if ARGS["wrapper"] else 1
     return rest
+
+
+SLOW = 1  # time scale: 10 under a wrapper such as valgrind
 
 
 _stubs = None

@@ -360,18 +360,19 @@ class LifecycleTest(unittest.TestCase):
         return urllib.request.urlopen("http://127.0.0.1:%d/metrics" % srv.metrics_port, timeout=10).read().decode()
 
     def test_deadline_not_scored(self):
-        srv = kdserve.Server(self.repo, "--test-delay-ms", 400)
+        srv = kdserve.Server(self.repo, "--test-delay-ms", 400 * kdserve.SLOW)
         try:
             with grpc.insecure_channel(srv.target()) as ch:
                 st = pbg.RankerStub(ch)
+                st.Score(self.req, timeout=10 * kdserve.SLOW)  # connected and warm
                 with self.assertRaises(grpc.RpcError) as cm:
-                    st.Score(self.req, timeout=0.1)
+                    st.Score(self.req, timeout=0.1 * kdserve.SLOW)
                 self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
                 # The server saw the deadline pass and did not score: no candidates counted.
                 ok = kdserve.wait_for(lambda: 'code="DEADLINE_EXCEEDED"} 1' in self.metrics(srv))
                 self.assertTrue(ok, self.metrics(srv))
-                self.assertNotRegex(self.metrics(srv), r"kdrank_candidates_scored_total\{[^}]*\} [1-9]")
-                r = st.Score(self.req, timeout=10)  # a generous deadline is served
+                self.assertRegex(self.metrics(srv), r"kdrank_candidates_scored_total\{[^}]*\} 4\n")
+                r = st.Score(self.req, timeout=10 * kdserve.SLOW)  # a generous deadline is served
                 self.assertEqual(list(r.scores), self.want)
         finally:
             self.assertEqual(srv.stop(), 0)
@@ -381,16 +382,17 @@ class LifecycleTest(unittest.TestCase):
         result = {}
         ch = grpc.insecure_channel(srv.target())
         st = pbg.RankerStub(ch)
-        fut = st.Score.future(self.req, timeout=30)
-        time.sleep(0.5)  # the call is in the server's handler now
+        fut = st.Score.future(self.req, timeout=30 * kdserve.SLOW)
+        # SIGTERM once the call is in the server's handler (the in-flight gauge says so).
+        self.assertTrue(kdserve.wait_for(lambda: "kdrank_inflight_calls 1" in self.metrics(srv), 10 * kdserve.SLOW))
         srv.proc.send_signal(signal.SIGTERM)
-        self.assertTrue(kdserve.wait_for(lambda: "event=draining" in srv.text(), 10))
+        self.assertTrue(kdserve.wait_for(lambda: "event=draining" in srv.text(), 10 * kdserve.SLOW))
         # A new connection is refused while the in-flight call finishes.
         with grpc.insecure_channel(srv.target()) as ch2:
             with self.assertRaises(grpc.RpcError) as cm:
                 pbg.RankerStub(ch2).Score(self.req, timeout=5)
             result["new"] = cm.exception.code()
-        r = fut.result(timeout=30)
+        r = fut.result(timeout=30 * kdserve.SLOW)
         self.assertEqual(list(r.scores), self.want)
         # Refused: the listener is closing (UNAVAILABLE) or the core kills the not-yet-matched call
         # of a connection accepted during shutdown (CANCELLED); either way it is never handled.
