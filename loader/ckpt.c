@@ -722,6 +722,8 @@ static int ckpt_verify(kd_ckpt *c, struct kd_err *e) {
     hexdump(hx, sizeof hx, end, 8);
     FAIL(KD_ERR_CORRUPT, "%s: end marker at offset %" PRIu64 ": expected \"KDRK-END\", found %s", f, end_off, hx);
   }
+  if (kd_ld32(end + 12) != 0)
+    FAIL(KD_ERR_CORRUPT, "%s: end marker at offset %" PRIu64 ": reserved bytes 12..15 expected 0, found 0x%08X", f, end_off, kd_ld32(end + 12));
   c->crc = kd_crc32c(kd_crc32c(kd_crc32c(0, p, hsize), p + moff, msize), p + toff, tsize);
   if (kd_ld32(end + 8) != c->crc)
     FAIL(KD_ERR_CORRUPT, "%s: end marker CRC32C of header+metadata+table: expected 0x%08X (stored), found 0x%08X (computed)", f, kd_ld32(end + 8), c->crc);
