@@ -21,6 +21,10 @@ import tempfile
 import numpy as np
 
 CLI = sys.argv[1]
+# Tolerances: the fast path (sgemm, other summation order) vs the oracle; the oracle (float32) vs
+# NumPy in float64. Relative, with an absolute floor of 1e-6.
+FAST_RTOL = 1e-4
+ORACLE_RTOL = 1e-5
 failed = 0
 passed = 0
 
@@ -223,12 +227,12 @@ def main():
                 continue
             check(fast["model"] == "feed-ranker" and fast["tasks"] == orc["tasks"], str(fast)[:100])
             check(len(orc["scores"]) == n * 4, "score count")
-            ok, err = close(fast["scores"], orc["scores"], 1e-5)
+            ok, err = close(fast["scores"], orc["scores"], FAST_RTOL)
             worst_fast = max(worst_fast, err)
             check(ok, f"fast vs oracle n={n}: max rel err {err}")
             names, ref = np_score(tiny, req)
             check(names == orc["tasks"], f"{names} {orc['tasks']}")
-            ok, err = close(orc["scores"], ref, 1e-5)
+            ok, err = close(orc["scores"], ref, ORACLE_RTOL)
             worst_np = max(worst_np, err)
             check(ok, f"oracle vs numpy n={n}: max rel err {err}")
         print(f"tiny: fast vs oracle max rel err {worst_fast:.3g}; oracle vs numpy max rel err {worst_np:.3g}")
@@ -263,7 +267,7 @@ def main():
         s4 = score(tiny, write_json(d, "strids.json", req4), "--oracle")
         check(s3 is not None and s3 == s4, "ids as numbers == ids as strings (snake_case names)")
         if s3:
-            ok, err = close(s3["scores"], np_score(tiny, req3)[1], 1e-5)
+            ok, err = close(s3["scores"], np_score(tiny, req3)[1], ORACLE_RTOL)
             check(ok, f"snake_case request vs numpy: {err}")
         # floats printed with %.9g parse back to the same float32
         if base:
@@ -314,9 +318,9 @@ def main():
         check(run("request", "--model", st, "--candidates", "33", "--k", "2", "-o", rq).returncode == 0, "request student")
         fast, orc = score(st, rq), score(st, rq, "--oracle")
         if fast and orc:
-            ok, e1 = close(fast["scores"], orc["scores"], 1e-5)
+            ok, e1 = close(fast["scores"], orc["scores"], FAST_RTOL)
             check(ok, f"student fast vs oracle {e1}")
-            ok, e2 = close(orc["scores"], np_score(st, json.load(open(rq)))[1], 1e-5)
+            ok, e2 = close(orc["scores"], np_score(st, json.load(open(rq)))[1], ORACLE_RTOL)
             check(ok, f"student oracle vs numpy {e2}")
             print(f"ref-student: fast vs oracle max rel err {e1:.3g}; oracle vs numpy max rel err {e2:.3g}")
         r = run("request", "--preset", "ref-student", "--candidates", "2")

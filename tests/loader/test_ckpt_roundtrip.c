@@ -189,6 +189,15 @@ static void refusals(void) {
   CHECKF(strstr(e.msg, "type expected 0..6, found 9") != NULL, "%s", e.msg);
   CHECK(stat(p, &st) != 0);
 
+  struct kd_meta noname[1] = {{.key = "general.name", .type = KD_META_STR, .v.s = ""}};
+  CHECK(kd_ckpt_write(p, m, noname, 1, &e) == KD_ERR_INVALID);
+  CHECKF(strstr(e.msg, "general.name: expected a non-empty string") != NULL, "%s", e.msg);
+  m->arch.name[0] = 0;
+  CHECK(kd_ckpt_write(p, m, NULL, 0, &e) == KD_ERR_INVALID);
+  CHECKF(strstr(e.msg, "architecture name: expected 1..63 bytes") != NULL, "%s", e.msg);
+  snprintf(m->arch.name, KD_NAME_MAX, "micro");
+  CHECK(stat(p, &st) != 0);
+
   /* An invalid architecture is refused by kd_arch_validate's rule. */
   m->arch.shared[0] = 0;
   CHECK(kd_ckpt_write(p, m, NULL, 0, &e) == KD_ERR_INVALID);
