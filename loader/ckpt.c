@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -593,7 +594,7 @@ static int parse_arch(const kd_ckpt *c, struct kd_arch *a, struct kd_err *e) {
   memset(a, 0, sizeof *a);
   if ((rc = need_name(c, "arch.name", a->name, e))) return rc;
   if ((rc = need(c, "arch.act_clip", KD_META_F32, &m, e))) return rc;
-  if (!(m->v.f >= 0 && m->v.f <= 3.4e38))
+  if (!(m->v.f >= 0) || isinf(m->v.f))
     return kd_err_set(e, KD_ERR_CORRUPT, "%s: metadata key \"arch.act_clip\": expected a finite value >= 0, found %g", c->name, m->v.f);
   a->act_clip = (float)m->v.f;
   if ((rc = need_u32(c, "arch.n_features", KD_MAX_FEATURES, &a->n_features, e))) return rc;

@@ -323,6 +323,10 @@ def main():
             ok, e2 = close(orc["scores"], np_score(st, json.load(open(rq)))[1], ORACLE_RTOL)
             check(ok, f"student oracle vs numpy {e2}")
             print(f"ref-student: fast vs oracle max rel err {e1:.3g}; oracle vs numpy max rel err {e2:.3g}")
+        r = run("request", "--preset", tiny, "--candidates", "3")
+        check(r.returncode == 0 and json.loads(r.stdout)["model"] == "feed-ranker", "request --preset FILE")
+        r = run("request", "--preset", "nope", "--candidates", "3")
+        check(r.returncode == 1 and "unknown preset 'nope'" in r.stderr, r.stderr)
         r = run("request", "--preset", "ref-student", "--candidates", "2")
         check(r.returncode == 0 and json.loads(r.stdout)["candidates"]["count"] == 2, "request --preset to stdout")
     finally:
