@@ -1,5 +1,5 @@
-/* test_ckpt_roundtrip.c - write then read back, bit-exact, for the micro/tiny/ref-student/
- * ref-teacher-4x architectures: the architecture, every tensor, every metadata entry (every type),
+/* test_ckpt_roundtrip.c - write then read back, bit-exact, for a micro architecture and every
+ * preset (tiny, ref-student, ref-teacher-2x, ref-teacher-4x): the architecture, every tensor, every metadata entry (every type),
  * determinism of the bytes, mmap and in-memory opens agree, tensors are 64-byte aligned, the
  * oracle scores the loaded model exactly as the original. Also the writer's refusals. */
 #include <inttypes.h>
@@ -213,8 +213,8 @@ int main(void) {
   struct kd_err e = {0};
   kdt_micro_arch(&a);
   roundtrip(&a, 7);
-  const char *presets[] = {"tiny", "ref-student", "ref-teacher-4x"};
-  for (int i = 0; i < 3; i++) {
+  const char *presets[] = {"tiny", "ref-student", "ref-teacher-2x", "ref-teacher-4x"};
+  for (int i = 0; i < 4; i++) {
     REQUIRE(kd_arch_preset(presets[i], &a, &e) == KD_OK);
     roundtrip(&a, 11 + (uint64_t)i);
   }
