@@ -136,7 +136,10 @@ static void meta_value_str(const struct kd_meta *m, char *buf, size_t cap) {
   case KD_META_F32: snprintf(buf, cap, "%.9g", m->v.f); break;
   case KD_META_F64: snprintf(buf, cap, "%.17g", m->v.f); break;
   case KD_META_BOOL: snprintf(buf, cap, "%s", m->v.u ? "true" : "false"); break;
-  case KD_META_STR: snprintf(buf, cap, "\"%s\"", m->v.s); break;
+  case KD_META_STR: /* long values (metrics JSON) are cut; inspect --json shows them whole */
+    if (strlen(m->v.s) > 200) snprintf(buf, cap, "\"%.180s...\" (%zu bytes)", m->v.s, strlen(m->v.s));
+    else snprintf(buf, cap, "\"%s\"", m->v.s);
+    break;
   default: snprintf(buf, cap, "?");
   }
 }
