@@ -47,6 +47,16 @@ struct kd_kernels {
   void (*scale)(float *v, size_t n, float s);
 };
 
+/* kd_scratch_create with the fast path's tuning made explicit (benchmarks and tests):
+ * chunk = candidates per pass through the network (0: default), small_batch = largest chunk
+ * scored with layer_small instead of sgemm (0: never). Defined in score_fast.c. */
+struct kd_plan;
+struct kd_scratch;
+struct kd_err;
+struct kd_scratch *kd_scratch_create_tuned(const struct kd_plan *p, uint32_t max_cand,
+                                           uint32_t chunk, uint32_t small_batch,
+                                           struct kd_err *e);
+
 extern const struct kd_kernels kd_kernels_scalar;
 extern const struct kd_kernels kd_kernels_avx2;
 

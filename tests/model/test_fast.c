@@ -262,6 +262,48 @@ static void test_saturation(void) {
   kd_model_free(m);
 }
 
+/* Chunk boundaries and the small-batch/sgemm switch: tiny chunks (1, 7, 64 rows), the small
+ * kernel never / for up to 3 rows / always, on 100 and 13 candidates. */
+static void test_tuning(void) {
+  struct kd_arch a;
+  odd_arch(&a, 2, 0.0f, 1);
+  struct kd_err e = {0};
+  struct kd_model *m = kd_model_alloc(&a, &e);
+  REQUIRE(m != NULL);
+  kd_model_init_random(m, 11);
+  uint32_t tasks[3] = {3, 0, 1};
+  uint32_t chunks[3] = {1, 7, 64}, smalls[3] = {0, 3, 64}, ns[2] = {100, 13};
+  for (int ki = 0; ki < n_kernels; ki++)
+    for (int flat = 0; flat <= 1; flat++) {
+      kd_plan *p = kd_plan_create(m, (struct kd_plan_params){.kernel = kernels[ki], .flat = flat}, &e);
+      REQUIRE(p != NULL);
+      for (int ni = 0; ni < 2; ni++) {
+        uint32_t n = ns[ni];
+        struct req q;
+        req_make(&q, &a, n, 2, 3);
+        float *ref = malloc(sizeof(float) * 3 * n), *out = malloc(sizeof(float) * 3 * n);
+        REQUIRE(ref && out);
+        REQUIRE(kd_score_ref(m, &q.in, tasks, 3, ref, &e) == KD_OK);
+        for (int ci = 0; ci < 3; ci++)
+          for (int si = 0; si < 3; si++) {
+            kd_scratch *s = kd_scratch_create_tuned(p, n, chunks[ci], smalls[si], &e);
+            REQUIRE(s != NULL);
+            CHECK(kd_score(p, s, &q.in, tasks, 3, out, &e) == KD_OK);
+            double w = max_rel(out, ref, (size_t)3 * n);
+            CHECKF(w <= TOL, "tuned kernel=%s flat=%d n=%u chunk=%u small=%u: %.3g",
+                   kd_kernel_name(kernels[ki]), flat, n, chunks[ci], smalls[si], w);
+            if (w > worst_seen) worst_seen = w;
+            kd_scratch_free(s);
+          }
+        free(ref);
+        free(out);
+        req_free(&q);
+      }
+      kd_plan_free(p);
+    }
+  kd_model_free(m);
+}
+
 /* flat and split plans compute the same function */
 static void test_flat_equals_split(void) {
   struct kd_arch a;
@@ -393,6 +435,7 @@ int main(void) {
   test_no_context();
   test_presets();
   test_saturation();
+  test_tuning();
   test_flat_equals_split();
   printf("worst relative error over all fast-vs-oracle cases: %.3g (bound %g)\n", worst_seen, TOL);
   KD_TEST_END();
