@@ -210,7 +210,7 @@ size_t kd_plan_bytes(const kd_plan *p); /* memory held by the plan */
 int kd_plan_kernel(const kd_plan *p);   /* the kernel actually used */
 
 /* Per-thread scratch sized once for at most max_cand candidates (any number of ids per sparse
- * row: pooling needs no memory). Its memory is bounded by the fast path's chunk (512 rows), not
+ * row: pooling needs no memory). Its memory is bounded by the fast path's chunk (256 rows), not
  * by max_cand. It may serve any plan whose layer widths fit the plan it was created with
  * (kd_score says KD_ERR_RANGE otherwise). */
 typedef struct kd_scratch kd_scratch;

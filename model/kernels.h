@@ -36,6 +36,11 @@ struct kd_kernels {
    * Each weight row is read once for all nb rows. */
   void (*layer_small)(const float *w, size_t out, size_t in, const float *x, size_t ldx,
                       size_t nb, const float *bias, float *y, size_t ldy, int act, float clip);
+  /* Mid-size batches (any rows): same result as layer_small, weights wp packed in 16-output
+   * panels (out/16, in, 16) at plan time; out a multiple of 16. NULL when the kernel set
+   * has none (then sgemm is used). */
+  void (*layer_panel)(const float *wp, size_t out, size_t in, const float *x, size_t ldx,
+                      size_t rows, const float *bias, float *y, size_t ldy, int act, float clip);
   /* Logits, task-major: lt[r] = g[r*ldg + 0..n) . u + d for r < rows; n a multiple of 8. */
   void (*dot_rows)(const float *g, size_t rows, size_t ldg, const float *u, size_t n, float d,
                    float *lt);
@@ -49,13 +54,14 @@ struct kd_kernels {
 
 /* kd_scratch_create with the fast path's tuning made explicit (benchmarks and tests):
  * chunk = candidates per pass through the network (0: default), small_batch = largest chunk
- * scored with layer_small instead of sgemm (0: never). Defined in score_fast.c. */
+ * scored with layer_small (0: never), panel_batch = largest chunk scored with layer_panel when
+ * the kernel set has it (0: never); bigger chunks use sgemm. Defined in score_fast.c. */
 struct kd_plan;
 struct kd_scratch;
 struct kd_err;
 struct kd_scratch *kd_scratch_create_tuned(const struct kd_plan *p, uint32_t max_cand,
                                            uint32_t chunk, uint32_t small_batch,
-                                           struct kd_err *e);
+                                           uint32_t panel_batch, struct kd_err *e);
 
 extern const struct kd_kernels kd_kernels_scalar;
 extern const struct kd_kernels kd_kernels_avx2;

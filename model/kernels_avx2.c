@@ -111,6 +111,79 @@ static void avx2_layer_small(const float *w, size_t out, size_t in, const float 
   }
 }
 
+/* ---- mid-size batches: weights packed in 16-output panels at plan time ----
+ * wp is (out/16, in, 16): panel p holds outputs 16p..16p+15 interleaved by input, so one input
+ * step is two aligned loads. NB rows x 16 outputs of y live in 2*NB registers (NB <= 6); the
+ * bias, ReLU and clip are applied before the single store, so y is written once. */
+
+/* Scalar accumulators (not arrays: GCC spills arrays of vectors every iteration); the NB > r
+ * tests are compile-time constants in each panel_<NB> instance. */
+static inline __attribute__((always_inline)) void panel_rows(const int NB, const float *wp,
+                                                             size_t in, const float *x,
+                                                             size_t ldx, const float *bias,
+                                                             float *y, size_t ldy, int act,
+                                                             __m256 clipv, int do_clip) {
+  const __m256 z = _mm256_setzero_ps();
+  __m256 a00 = z, a01 = z, a10 = z, a11 = z, a20 = z, a21 = z, a30 = z, a31 = z, a40 = z,
+         a41 = z, a50 = z, a51 = z;
+  const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx, *x4 = x + 4 * ldx,
+              *x5 = x + 5 * ldx;
+#define KD_PANEL_ROW(r)                                                                        \
+  if (NB > r) {                                                                                \
+    __m256 xb = _mm256_broadcast_ss(x##r + i);                                                 \
+    a##r##0 = _mm256_fmadd_ps(w0, xb, a##r##0);                                                \
+    a##r##1 = _mm256_fmadd_ps(w1, xb, a##r##1);                                                \
+  }
+  for (size_t i = 0; i < in; i++) {
+    __m256 w0 = _mm256_load_ps(wp + i * 16), w1 = _mm256_load_ps(wp + i * 16 + 8);
+    KD_PANEL_ROW(0) KD_PANEL_ROW(1) KD_PANEL_ROW(2) KD_PANEL_ROW(3) KD_PANEL_ROW(4) KD_PANEL_ROW(5)
+  }
+#undef KD_PANEL_ROW
+  __m256 b0 = _mm256_loadu_ps(bias), b1 = _mm256_loadu_ps(bias + 8);
+#define KD_PANEL_STORE(r)                                                                      \
+  if (NB > r) {                                                                                \
+    _mm256_storeu_ps(y + r * ldy, act8(_mm256_add_ps(a##r##0, b0), act, clipv, do_clip));      \
+    _mm256_storeu_ps(y + r * ldy + 8, act8(_mm256_add_ps(a##r##1, b1), act, clipv, do_clip));  \
+  }
+  KD_PANEL_STORE(0) KD_PANEL_STORE(1) KD_PANEL_STORE(2) KD_PANEL_STORE(3) KD_PANEL_STORE(4)
+  KD_PANEL_STORE(5)
+#undef KD_PANEL_STORE
+}
+
+#define KD_PANEL_BLOCK(NB)                                                                     \
+  static void panel_##NB(const float *wp, size_t in, const float *x, size_t ldx,              \
+                         const float *bias, float *y, size_t ldy, int act, __m256 clipv,      \
+                         int do_clip) {                                                       \
+    panel_rows(NB, wp, in, x, ldx, bias, y, ldy, act, clipv, do_clip);                        \
+  }
+KD_PANEL_BLOCK(1)
+KD_PANEL_BLOCK(2)
+KD_PANEL_BLOCK(3)
+KD_PANEL_BLOCK(4)
+KD_PANEL_BLOCK(5)
+KD_PANEL_BLOCK(6)
+
+static void avx2_layer_panel(const float *wp, size_t out, size_t in, const float *x, size_t ldx,
+                             size_t rows, const float *bias, float *y, size_t ldy, int act,
+                             float clip) {
+  const __m256 clipv = _mm256_set1_ps(clip);
+  const int do_clip = clip > 0.0f;
+  for (size_t p = 0; p < out / 16; p++) {
+    const float *w = wp + p * in * 16;
+    const float *b = bias + p * 16;
+    size_t r = 0;
+    for (; r + 6 <= rows; r += 6) panel_6(w, in, x + r * ldx, ldx, b, y + r * ldy + p * 16, ldy, act, clipv, do_clip);
+    switch (rows - r) {
+    case 1: panel_1(w, in, x + r * ldx, ldx, b, y + r * ldy + p * 16, ldy, act, clipv, do_clip); break;
+    case 2: panel_2(w, in, x + r * ldx, ldx, b, y + r * ldy + p * 16, ldy, act, clipv, do_clip); break;
+    case 3: panel_3(w, in, x + r * ldx, ldx, b, y + r * ldy + p * 16, ldy, act, clipv, do_clip); break;
+    case 4: panel_4(w, in, x + r * ldx, ldx, b, y + r * ldy + p * 16, ldy, act, clipv, do_clip); break;
+    case 5: panel_5(w, in, x + r * ldx, ldx, b, y + r * ldy + p * 16, ldy, act, clipv, do_clip); break;
+    default: break;
+    }
+  }
+}
+
 /* ---- logits ---- */
 
 static void avx2_dot_rows(const float *g, size_t rows, size_t ldg, const float *u, size_t n,
@@ -216,6 +289,7 @@ const struct kd_kernels kd_kernels_avx2 = {
     .id = KD_KERNEL_AVX2,
     .bias_act = avx2_bias_act,
     .layer_small = avx2_layer_small,
+    .layer_panel = avx2_layer_panel,
     .dot_rows = avx2_dot_rows,
     .xform = avx2_xform,
     .add = avx2_add,

@@ -67,6 +67,7 @@ const struct kd_kernels kd_kernels_scalar = {
     .id = KD_KERNEL_SCALAR,
     .bias_act = scalar_bias_act,
     .layer_small = scalar_layer_small,
+    .layer_panel = NULL, /* sgemm serves mid-size batches */
     .dot_rows = scalar_dot_rows,
     .xform = scalar_xform,
     .add = scalar_add,

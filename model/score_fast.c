@@ -11,9 +11,10 @@
  *   tower[k][j] (t_j, t_{j-1}) deeper tower layers, per task
  *   u     (T, last)          last-layer vectors; d (T) their biases
  * A request runs in chunks of at most KD_CHUNK candidates (balanced) so that a chunk's
- * activations stay in L2 from one layer to the next; inside a chunk each layer is one
- * cblas_sgemm (row-major X . W^T) followed by the fused bias+ReLU(+clip) epilogue, or for at most
- * KD_SMALL_BATCH rows the kernel table's small-batch layer, which streams the weights once.
+ * activations stay in L2 from one layer to the next; inside a chunk each layer is, by chunk
+ * size: the small-batch kernel (<= KD_SMALL_BATCH rows: streams the weights once), the AVX2
+ * panel kernel (weights packed in 16-output panels at plan time, bias+ReLU(+clip) fused into the
+ * store), or one cblas_sgemm (row-major X . W^T) followed by the bias+ReLU(+clip) epilogue.
  * The split plan computes c = W0c . ctx + b0 once per request and uses it as the first layer's
  * bias for every candidate; the flat plan (a benchmark baseline) copies the context into every
  * candidate's input row and multiplies the full first layer.
@@ -28,20 +29,27 @@
 #include "kdrank_model.h"
 #include "kernels.h"
 
-/* Candidates per chunk: big enough that OpenBLAS packs each weight matrix rarely, small enough
- * that a chunk's activations stay in L2/L3 (measured on ref-student: 512 beats 128/256 by 3-7%
- * at 1000 and 4096 candidates, and matches one chunk of 1000). */
+/* Tuning, measured on ref-student with kdrank-bench-model on the development machine (see
+ * model/BENCHMARKS.md): candidates per chunk (a chunk's activations stay in L2 from one layer to
+ * the next); chunks of at most KD_SMALL_BATCH rows use layer_small (weights streamed once, dot
+ * products); up to KD_PANEL_BATCH rows the kernel set's panel kernel (6x16 register tile, weights
+ * pre-packed, fused epilogue; it beat OpenBLAS sgemm + epilogue at every batch measured, most
+ * at 4..64 rows where sgemm's per-call packing dominates); larger chunks, and every chunk of
+ * the scalar kernel set, use cblas_sgemm + the bias/activation epilogue. */
 #ifndef KD_CHUNK
-#define KD_CHUNK 512
+#define KD_CHUNK 256
 #endif
-/* Chunks of at most this many rows use the small-batch kernel instead of sgemm. */
 #ifndef KD_SMALL_BATCH
-#define KD_SMALL_BATCH 8
+#define KD_SMALL_BATCH 2
+#endif
+#ifndef KD_PANEL_BATCH
+#define KD_PANEL_BATCH 512
 #endif
 
 /* One dense layer laid out for the fast path. */
 struct kd_layer {
   float *w;          /* (out_p, in_p) row-major, zero padded */
+  float *wp;         /* (out_p/16, in_p, 16) the same packed in panels; NULL without layer_panel */
   float *b;          /* (out_p) zero padded; NULL for the split first layer (bias is per request) */
   uint32_t out_p, in_p;
 };
@@ -78,6 +86,7 @@ struct kd_plan {
 struct kd_scratch {
   uint32_t max_cand, chunk;  /* chunk: candidates per pass through the network */
   uint32_t small_batch;      /* chunks of at most this many rows use the small-batch kernel */
+  uint32_t panel_batch;      /* ... else at most this many the panel kernel (when present) */
   /* capacities, checked against each plan the scratch is used with */
   uint32_t cap_x_ld, cap_ctx_p, cap_h_p, cap_g_ld, cap_tasks;
   float *x;      /* (chunk, cap_x_ld) input rows */
@@ -125,6 +134,17 @@ static void copy_block(float *dst, size_t ld, size_t c0, const float *src, size_
     memcpy(dst + r * ld + c0, src + r * src_ld + src_c0, cols * sizeof(float));
 }
 
+/* Carves L's panel copy (when the kernel set has layer_panel) and, with base, packs L->w into it. */
+static void pack_panels(const kd_plan *p, struct kd_layer *L, char *base, size_t *off) {
+  if (!p->k->layer_panel) return;
+  L->wp = carve(base, off, (size_t)L->out_p * L->in_p);
+  if (!base) return;
+  for (size_t q = 0; q < L->out_p / 16; q++)
+    for (size_t i = 0; i < L->in_p; i++)
+      for (size_t j = 0; j < 16; j++)
+        L->wp[(q * L->in_p + i) * 16 + j] = L->w[(q * 16 + j) * L->in_p + i];
+}
+
 /* Lays the model's weights into the plan's block (base NULL: only computes the size). */
 static size_t plan_layout(kd_plan *p, const struct kd_model *m, char *base) {
   const struct kd_arch *a = &p->arch;
@@ -167,6 +187,7 @@ static size_t plan_layout(kd_plan *p, const struct kd_model *m, char *base) {
       copy_block(l0->w, p->cand_p, 0, W0, h0, cand_w, in_w, ctx_w);
     }
   }
+  pack_panels(p, l0, base, &off);
   for (uint32_t l = 1; l < a->n_shared; l++) {
     struct kd_layer *L = &p->shared[l];
     L->out_p = kd_pad(a->shared[l]);
@@ -178,6 +199,7 @@ static size_t plan_layout(kd_plan *p, const struct kd_model *m, char *base) {
                  a->shared[l - 1], 0);
       memcpy(L->b, kd_model_shared_b(m, l), a->shared[l] * sizeof(float));
     }
+    pack_panels(p, L, base, &off);
   }
 
   uint32_t h_last = a->shared[a->n_shared - 1], h_last_p = kd_pad(h_last);
@@ -194,6 +216,7 @@ static size_t plan_layout(kd_plan *p, const struct kd_model *m, char *base) {
                    t0, h_last, h_last, 0);
         memcpy(p->tw0.b + (size_t)k * t0_p, kd_model_tower_b(m, k, 0), t0 * sizeof(float));
       }
+    pack_panels(p, &p->tw0, base, &off);
     for (uint32_t k = 0; k < T; k++)
       for (uint32_t j = 1; j < a->n_tower; j++) {
         struct kd_layer *L = &p->tower[k][j];
@@ -206,6 +229,7 @@ static size_t plan_layout(kd_plan *p, const struct kd_model *m, char *base) {
                      a->tower[j - 1], 0);
           memcpy(L->b, kd_model_tower_b(m, k, j), a->tower[j] * sizeof(float));
         }
+        pack_panels(p, L, base, &off);
       }
   }
   uint32_t last_in = a->n_tower ? a->tower[a->n_tower - 1] : h_last;
@@ -289,11 +313,12 @@ int kd_plan_kernel(const kd_plan *p) { return p->k->id; }
 static uint32_t plan_g_ld(const kd_plan *p) { return p->arch.n_tasks * p->t_max_p; }
 
 kd_scratch *kd_scratch_create(const kd_plan *p, uint32_t max_cand, struct kd_err *e) {
-  return kd_scratch_create_tuned(p, max_cand, KD_CHUNK, KD_SMALL_BATCH, e);
+  return kd_scratch_create_tuned(p, max_cand, KD_CHUNK, KD_SMALL_BATCH, KD_PANEL_BATCH, e);
 }
 
 kd_scratch *kd_scratch_create_tuned(const kd_plan *p, uint32_t max_cand, uint32_t chunk,
-                                    uint32_t small_batch, struct kd_err *e) {
+                                    uint32_t small_batch, uint32_t panel_batch,
+                                    struct kd_err *e) {
   if (!p) {
     kd_err_set(e, KD_ERR_INVALID, "scratch: plan is NULL");
     return NULL;
@@ -308,6 +333,7 @@ kd_scratch *kd_scratch_create_tuned(const kd_plan *p, uint32_t max_cand, uint32_
   if (chunk == 0) chunk = KD_CHUNK;
   s->chunk = max_cand < chunk ? max_cand : chunk;
   s->small_batch = small_batch;
+  s->panel_batch = panel_batch;
   s->cap_x_ld = p->x_ld;
   s->cap_ctx_p = p->ctx_p;
   s->cap_h_p = p->h_max_p;
@@ -378,8 +404,9 @@ static void gather_row(const kd_plan *p, const struct kd_input *in, uint32_t g, 
   if (width_p > end) memset(dst + end, 0, (width_p - end) * sizeof(float));
 }
 
-/* y (rows, out_p; ldy) = act(x (rows, in_p; ldx) . W^T + bias). */
-static void run_layer(const kd_plan *p, const kd_scratch *s, const float *w, uint32_t out_p, uint32_t in_p,
+/* y (rows, out_p; ldy) = act(x (rows, in_p; ldx) . W^T + bias); wp: W in panels or NULL. */
+static void run_layer(const kd_plan *p, const kd_scratch *s, const float *w, const float *wp,
+                      uint32_t out_p, uint32_t in_p,
                       const float *bias, const float *x, size_t ldx, size_t rows, float *y,
                       size_t ldy, int act) {
   float clip = p->arch.act_clip;
@@ -388,6 +415,10 @@ static void run_layer(const kd_plan *p, const kd_scratch *s, const float *w, uin
       size_t nb = rows - r < KD_SMALL_ROWS ? rows - r : KD_SMALL_ROWS;
       p->k->layer_small(w, out_p, in_p, x + r * ldx, ldx, nb, bias, y + r * ldy, ldy, act, clip);
     }
+    return;
+  }
+  if (wp && rows <= s->panel_batch) {
+    p->k->layer_panel(wp, out_p, in_p, x, ldx, rows, bias, y, ldy, act, clip);
     return;
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rows, (blasint)out_p,
@@ -414,12 +445,12 @@ static void score_chunk(const kd_plan *p, kd_scratch *s, const struct kd_input *
   /* shared layers: x -> ha -> hb -> ... */
   const struct kd_layer *L0 = &p->shared[0];
   uint32_t h_ld = s->cap_h_p;
-  run_layer(p, s, L0->w, L0->out_p, L0->in_p, p->flat ? L0->b : s->cvec, s->x, p->x_ld, c, s->ha,
+  run_layer(p, s, L0->w, L0->wp, L0->out_p, L0->in_p, p->flat ? L0->b : s->cvec, s->x, p->x_ld, c, s->ha,
             h_ld, 1);
   float *h = s->ha, *h2 = s->hb;
   for (uint32_t l = 1; l < a->n_shared; l++) {
     const struct kd_layer *L = &p->shared[l];
-    run_layer(p, s, L->w, L->out_p, L->in_p, L->b, h, h_ld, c, h2, h_ld, 1);
+    run_layer(p, s, L->w, L->wp, L->out_p, L->in_p, L->b, h, h_ld, c, h2, h_ld, 1);
     float *t = h; h = h2; h2 = t;
   }
 
@@ -430,7 +461,8 @@ static void score_chunk(const kd_plan *p, kd_scratch *s, const struct kd_input *
     uint32_t t0_p = p->t_p[0];
     size_t ld = (size_t)a->n_tasks * t0_p;
     const struct kd_layer *L = &p->tw0;
-    run_layer(p, s, L->w + (size_t)kmin * t0_p * L->in_p, (kmax - kmin + 1) * t0_p, L->in_p,
+    size_t w_off = (size_t)kmin * t0_p * L->in_p; /* same offset in both layouts: t0_p % 16 == 0 */
+    run_layer(p, s, L->w + w_off, L->wp ? L->wp + w_off : NULL, (kmax - kmin + 1) * t0_p, L->in_p,
               L->b + (size_t)kmin * t0_p, h, h_ld, c, s->ga + (size_t)kmin * t0_p, ld, 1);
     float *gi = s->ga, *go = s->gb;
     for (uint32_t j = 1; j < a->n_tower; j++) {
@@ -438,7 +470,7 @@ static void score_chunk(const kd_plan *p, kd_scratch *s, const struct kd_input *
       for (uint32_t k = kmin; k <= kmax; k++) {
         if (!need[k]) continue;
         const struct kd_layer *V = &p->tower[k][j];
-        run_layer(p, s, V->w, V->out_p, V->in_p, V->b, gi + (size_t)k * p->t_p[j - 1], ld_in, c,
+        run_layer(p, s, V->w, V->wp, V->out_p, V->in_p, V->b, gi + (size_t)k * p->t_p[j - 1], ld_in, c,
                   go + (size_t)k * p->t_p[j], ld_out, 1);
       }
       float *t = gi; gi = go; go = t;

@@ -108,6 +108,16 @@ static void compare(const struct kd_model *m, int kernel, int flat, uint32_t n, 
          kd_kernel_name(kernel), flat, n, w, TOL);
   if (w > worst_seen) worst_seen = w;
 
+  /* the same through the sgemm engine (no panel kernel; small kernel only for 1..2 rows) */
+  kd_scratch *sg = kd_scratch_create_tuned(p, n, 0, 2, 0, &e);
+  REQUIRE(sg != NULL);
+  CHECKF(kd_score(p, sg, &q.in, tasks, n_out, fast2, &e) == KD_OK, "%s", e.msg);
+  double wg = max_rel(fast2, ref, cnt);
+  CHECKF(wg <= TOL, "%s kernel=%s flat=%d n=%u sgemm engine: served max rel err %.3g > %g", what,
+         kd_kernel_name(kernel), flat, n, wg, TOL);
+  if (wg > worst_seen) worst_seen = wg;
+  kd_scratch_free(sg);
+
   /* deterministic: the same call again gives the same bits */
   CHECK(kd_score(p, s, &q.in, tasks, n_out, fast2, &e) == KD_OK);
   CHECKF(memcmp(fast, fast2, cnt * sizeof(float)) == 0, "%s: second call differs", what);
@@ -262,8 +272,8 @@ static void test_saturation(void) {
   kd_model_free(m);
 }
 
-/* Chunk boundaries and the small-batch/sgemm switch: tiny chunks (1, 7, 64 rows), the small
- * kernel never / for up to 3 rows / always, on 100 and 13 candidates. */
+/* Chunk boundaries and the engine switch: tiny chunks (1, 7, 64 rows) x {panel kernel for every
+ * chunk, small kernel up to 3 rows then sgemm, small kernel always}, on 100 and 13 candidates. */
 static void test_tuning(void) {
   struct kd_arch a;
   odd_arch(&a, 2, 0.0f, 1);
@@ -272,7 +282,7 @@ static void test_tuning(void) {
   REQUIRE(m != NULL);
   kd_model_init_random(m, 11);
   uint32_t tasks[3] = {3, 0, 1};
-  uint32_t chunks[3] = {1, 7, 64}, smalls[3] = {0, 3, 64}, ns[2] = {100, 13};
+  uint32_t chunks[3] = {1, 7, 64}, smalls[3] = {0, 3, 64}, panels[3] = {64, 0, 0}, ns[2] = {100, 13};
   for (int ki = 0; ki < n_kernels; ki++)
     for (int flat = 0; flat <= 1; flat++) {
       kd_plan *p = kd_plan_create(m, (struct kd_plan_params){.kernel = kernels[ki], .flat = flat}, &e);
@@ -286,7 +296,7 @@ static void test_tuning(void) {
         REQUIRE(kd_score_ref(m, &q.in, tasks, 3, ref, &e) == KD_OK);
         for (int ci = 0; ci < 3; ci++)
           for (int si = 0; si < 3; si++) {
-            kd_scratch *s = kd_scratch_create_tuned(p, n, chunks[ci], smalls[si], &e);
+            kd_scratch *s = kd_scratch_create_tuned(p, n, chunks[ci], smalls[si], panels[si], &e);
             REQUIRE(s != NULL);
             CHECK(kd_score(p, s, &q.in, tasks, 3, out, &e) == KD_OK);
             double w = max_rel(out, ref, (size_t)3 * n);
