@@ -411,7 +411,6 @@ int kd_handle_metadata(struct kd_worker *w, struct kd_call *c, grpc_byte_buffer 
   if (!v) return code;
   c->series = kd_metrics_series(w->m, (int32_t)kd_version_model_index(v), kd_version_number(v));
   const struct kd_arch *a = kd_version_arch(v);
-  const kd_ckpt *ck = kd_version_ckpt(v);
 
   Kdrank__V1__ModelMetadata out = KDRANK__V1__MODEL_METADATA__INIT;
   out.model = (char *)kd_version_model(v);
@@ -427,7 +426,7 @@ int kd_handle_metadata(struct kd_worker *w, struct kd_call *c, grpc_byte_buffer 
   uint32_t nv = kd_registry_versions(s->reg, kd_version_model_index(v), vi, 16);
   Kdrank__V1__VersionInfo *vs = kd_arena_alloc(ar, nv * sizeof *vs + 1);
   Kdrank__V1__VersionInfo **vp = kd_arena_alloc(ar, nv * sizeof *vp + 1);
-  uint32_t nmeta = kd_ckpt_n_meta(ck);
+  uint32_t nmeta = kd_version_n_meta(v);
   Kdrank__V1__ModelMetadata__ProvenanceEntry *pe = kd_arena_alloc(ar, nmeta * sizeof *pe + 1);
   Kdrank__V1__ModelMetadata__ProvenanceEntry **pp = kd_arena_alloc(ar, nmeta * sizeof *pp + 1);
   if (!fs || !fp || !ts || !tp || !vs || !vp || !pe || !pp) {
@@ -471,7 +470,7 @@ int kd_handle_metadata(struct kd_worker *w, struct kd_call *c, grpc_byte_buffer 
   size_t np = 0;
   static const char prefix[] = "provenance.";
   for (uint32_t i = 0; i < nmeta; i++) {
-    const struct kd_meta *m = kd_ckpt_meta_at(ck, i);
+    const struct kd_meta *m = kd_version_meta_at(v, i);
     if (!m || !m->key || strncmp(m->key, prefix, sizeof prefix - 1) != 0) continue;
     Kdrank__V1__ModelMetadata__ProvenanceEntry x = KDRANK__V1__MODEL_METADATA__PROVENANCE_ENTRY__INIT;
     x.key = (char *)m->key + sizeof prefix - 1;

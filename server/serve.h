@@ -35,6 +35,7 @@ struct kd_call {
   int code;                   /* status sent */
   struct kd_series *series;   /* metrics series of the call */
   uint64_t t_dequeue;         /* ns, CLOCK_MONOTONIC */
+  uint64_t t_reply;           /* ns: reply batch handed to gRPC */
   struct kd_call *next_free, *next_all;
 };
 

@@ -125,6 +125,7 @@ static void call_reply(struct kd_worker *w, struct kd_call *c, int code, const c
   n++;
   c->code = code;
   c->state = CALL_REPLYING;
+  c->t_reply = kd_now_ns();
   grpc_call_error err = grpc_call_start_batch(c->call, ops, n, c, NULL);
   if (err != GRPC_CALL_OK) {
     kd_log(KD_LOG_ERROR, "reply_failed", "worker=%u grpc_call_error=%d", w->id, (int)err);
@@ -180,8 +181,11 @@ static void call_replied(struct kd_worker *w, struct kd_call *c) {
                                                                       : GRPC_STATUS_CANCELLED;
   }
   kd_metrics_count(c->series, c->method, code);
-  if (c->method == KD_M_SCORE && c->series->model >= 0)
-    kd_metrics_observe(c->series, KD_H_TOTAL, kd_now_ns() - c->t_dequeue);
+  if (c->method == KD_M_SCORE && c->series->model >= 0) {
+    uint64_t t = kd_now_ns();
+    kd_metrics_observe(c->series, KD_H_TOTAL, t - c->t_dequeue);
+    kd_metrics_observe(c->series, KD_H_REPLY, t - c->t_reply);
+  }
   atomic_store_explicit(&w->m->inflight,
                         atomic_load_explicit(&w->m->inflight, memory_order_relaxed) - 1,
                         memory_order_relaxed);
