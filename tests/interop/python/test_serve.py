@@ -296,7 +296,7 @@ class ServeTest(unittest.TestCase):
         self.assertEqual(got, grpc.StatusCode.RESOURCE_EXHAUSTED, msg)
 
     def test_unknown_method(self):
-        for m in ("/kdrank.v1.Ranker/Nope", "/other.Svc/Call", "/grpc.health.v1.Health/Watch"):
+        for m in ("/kdrank.v1.Ranker/Nope", "/other.Svc/Call", "/grpc.health.v1.Health/Nope"):
             with self.assertRaises(grpc.RpcError) as cm:
                 self.ch.unary_unary(m)(b"", timeout=10)
             self.assertEqual(cm.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
@@ -311,6 +311,19 @@ class ServeTest(unittest.TestCase):
             self.health.Check(hp.HealthCheckRequest(service="nope"), timeout=10)
         self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
         self.assertIn('unknown service "nope"', cm.exception.details())
+
+    def test_health_watch(self):
+        S, U = hp.HealthCheckResponse.SERVING, hp.HealthCheckResponse.SERVICE_UNKNOWN
+        for svc, want in (("", S), ("tiny", S), ("nope", U)):
+            stream = self.health.Watch(hp.HealthCheckRequest(service=svc), timeout=30)
+            self.assertEqual(next(stream).status, want, svc)
+            stream.cancel()
+        # Many streams opened and dropped: none leaks a call (the server stays responsive).
+        streams = [self.health.Watch(hp.HealthCheckRequest(), timeout=30) for _ in range(20)]
+        for st in streams:
+            self.assertEqual(next(st).status, S)
+            st.cancel()
+        self.assertEqual(self.health.Check(hp.HealthCheckRequest(), timeout=10).status, S)
 
     def test_metadata(self):
         m = self.ranker.GetModelMetadata(pb.GetModelMetadataRequest(model="tiny"), timeout=10)
@@ -418,6 +431,8 @@ class LifecycleTest(unittest.TestCase):
         result = {}
         ch = grpc.insecure_channel(srv.target())
         st = pbg.RankerStub(ch)
+        watch = hpg.HealthStub(ch).Watch(hp.HealthCheckRequest(service="tiny"), timeout=60 * kdserve.SLOW)
+        self.assertEqual(next(watch).status, hp.HealthCheckResponse.SERVING)
         fut = st.Score.future(self.req, timeout=30 * kdserve.SLOW)
         # SIGTERM once the call is in the server's handler (the in-flight gauge says so).
         self.assertTrue(kdserve.wait_for(lambda: "kdrank_inflight_calls 1" in self.metrics(srv), 10 * kdserve.SLOW))
@@ -430,6 +445,10 @@ class LifecycleTest(unittest.TestCase):
             result["new"] = cm.exception.code()
         r = fut.result(timeout=30 * kdserve.SLOW)
         self.assertEqual(list(r.scores), self.want)
+        # The Watch stream saw NOT_SERVING and was ended with OK by the drain.
+        rest = [m.status for m in watch]
+        self.assertEqual(rest, [hp.HealthCheckResponse.NOT_SERVING])
+        self.assertEqual(watch.code(), grpc.StatusCode.OK)
         # Refused: the listener is closing (UNAVAILABLE) or the core kills the not-yet-matched call
         # of a connection accepted during shutdown (CANCELLED); either way it is never handled.
         self.assertIn(result["new"], (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
