@@ -1,0 +1,124 @@
+#!/usr/bin/python3
+"""run_load_test.py - kdrank-load against the real Python gRPC test peer (peer_server.py).
+  co     : the peer stalls every call for 200 ms mid-run; the open-loop run must show it in its
+           high percentiles (latency from the intended send time), a closed-loop run hides it
+           from p99 (only the few calls in flight wait) but still sees it in its max.
+  errors : the peer fails 25% of calls with UNAVAILABLE; the client's count must equal the
+           server's exactly and the share must be within 4 binomial standard deviations.
+  canary : the peer answers 30% of routing keys as "canary"; --scenario canary must pass, and a
+           wrong --canary-weight must fail (exit 3).
+Usage: run_load_test.py TEST KDRANK_LOAD PROTO_DIR"""
+import json, math, os, subprocess, sys, tempfile, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class Peer:
+    def __init__(self, proto, *args):
+        self.stats = tempfile.mktemp(suffix=".json", prefix="kd_peer_")
+        self.p = subprocess.Popen(["/usr/bin/python3", os.path.join(HERE, "peer_server.py"), "--proto", proto,
+                                   "--stats", self.stats] + list(args), stdout=subprocess.PIPE, text=True)
+        line = self.p.stdout.readline()
+        if not line.startswith("PORT "):
+            self.p.kill()
+            sys.exit("peer_server did not start: %r" % line)
+        self.target = "ipv4:127.0.0.1:%d" % int(line.split()[1])
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait(timeout=10)
+        with open(self.stats) as f:
+            s = json.load(f)
+        os.unlink(self.stats)
+        return s
+
+
+def load(binary, target, *args, expect_rc=0):
+    out = tempfile.mktemp(suffix=".json", prefix="kd_load_")
+    cmd = [binary, "--target", target, "--json", out, "--quiet"] + [str(x) for x in args]
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=25)
+    if r.returncode != expect_rc:
+        sys.exit("FAIL: %s exited %d (expected %d): %s" % (" ".join(cmd), r.returncode, expect_rc, r.stderr))
+    with open(out) as f:
+        j = json.load(f)
+    os.unlink(out)
+    print("ran %s in %.1f s" % (" ".join(cmd[3:]), time.monotonic() - t0))
+    return j
+
+
+failures = 0
+
+
+def check(cond, what):
+    global failures
+    print(("ok    " if cond else "FAIL  ") + what)
+    if not cond:
+        failures += 1
+
+
+def test_co(binary, proto):
+    common = ["--duration", 3, "--warmup", 0.5, "--candidates", 20, "--connections", 2]
+    peer = Peer(proto, "--pause-at", "1.5", "--pause-ms", "200")
+    op = load(binary, peer.target, "--rate", 300, *common)
+    s = peer.stop()
+    check(s["paused_calls"] > 0, "open loop: the peer stalled %d calls" % s["paused_calls"])
+    lat = op["latency"]
+    print("open loop latency: p50 %.2f p90 %.2f p99 %.2f p99.9 %.2f max %.2f ms (n=%d)" % (
+        lat["p50_ms"], lat["p90_ms"], lat["p99_ms"], lat["p99.9_ms"], lat["max_ms"], lat["count"]))
+    # ~60 of ~750 measured calls are scheduled inside the 200 ms stall: the slowest 1% waited most of it
+    check(lat["p99_ms"] >= 100, "open loop: p99 %.1f ms >= 100 ms (the stall shows)" % lat["p99_ms"])
+    check(lat["max_ms"] >= 150, "open loop: max %.1f ms >= 150 ms" % lat["max_ms"])
+    check(lat["p50_ms"] < 50, "open loop: p50 %.1f ms < 50 ms (the rest is fast)" % lat["p50_ms"])
+    check(op["errors"] == 0, "open loop: no errors (%d)" % op["errors"])
+
+    peer = Peer(proto, "--pause-at", "1.5", "--pause-ms", "200")
+    cl = load(binary, peer.target, "--closed", 2, *common)
+    s = peer.stop()
+    check(s["paused_calls"] > 0, "closed loop: the peer stalled %d calls" % s["paused_calls"])
+    lat = cl["latency"]
+    print("closed loop latency: p50 %.2f p90 %.2f p99 %.2f p99.9 %.2f max %.2f ms (n=%d)" % (
+        lat["p50_ms"], lat["p90_ms"], lat["p99_ms"], lat["p99.9_ms"], lat["max_ms"], lat["count"]))
+    check(lat["count"] >= 300, "closed loop: %d calls measured" % lat["count"])
+    check(lat["p99_ms"] < 50, "closed loop: p99 %.1f ms < 50 ms (the stall is hidden)" % lat["p99_ms"])
+    check(lat["max_ms"] >= 150, "closed loop: max %.1f ms >= 150 ms (but it happened)" % lat["max_ms"])
+
+
+def test_errors(binary, proto):
+    peer = Peer(proto, "--fail-share", "0.25", "--fail-code", "UNAVAILABLE", "--seed", "11")
+    j = load(binary, peer.target, "--rate", 500, "--duration", 2.5, "--warmup", 0, "--candidates", "5:50",
+             "--connections", 3)
+    s = peer.stop()
+    n = j["ok"] + j["errors"]
+    unavail = j["errors_by_status"].get("UNAVAILABLE", 0)
+    print("client: issued %d ok %d errors %s; server: %s" % (j["issued"], j["ok"], j["errors_by_status"], s))
+    check(n == j["issued"] and n > 800, "every issued call accounted for (%d of %d)" % (n, j["issued"]))
+    check(unavail == j["errors"], "all errors are UNAVAILABLE (%d of %d)" % (unavail, j["errors"]))
+    check(unavail == s["failed"], "client UNAVAILABLE %d == server injected failures %d" % (unavail, s["failed"]))
+    check(j["ok"] == s["ok"] and s["invalid"] == 0, "client ok %d == server ok %d, %d rejected as invalid" % (
+        j["ok"], s["ok"], s["invalid"]))
+    share, sd = unavail / n, math.sqrt(0.25 * 0.75 / n)
+    check(abs(share - 0.25) <= 4 * sd, "error share %.4f within 4 sd (%.4f) of 0.25" % (share, sd))
+    by_iv = sum(iv["err"] for iv in j["intervals"])
+    check(by_iv == j["errors"], "per-interval errors sum %d == total %d" % (by_iv, j["errors"]))
+
+
+def test_canary(binary, proto):
+    peer = Peer(proto, "--version", "4", "--canary-version", "5", "--canary-weight", "0.3")
+    args = ["--scenario", "canary", "--rate", 400, "--duration", 2.5, "--warmup", 0.5, "--candidates", 10]
+    j = load(binary, peer.target, *args, "--canary-weight", 0.3)
+    bad = load(binary, peer.target, *args, "--canary-weight", 0.6, expect_rc=3)
+    peer.stop()
+    c = j["check"]
+    check(c["pass"] and abs(c["observed_share"] - 0.3) < 0.06, "canary split %.3f vs 0.3 passes" % c["observed_share"])
+    check(not bad["check"]["pass"], "a wrong configured weight (0.6) is reported")
+    vers = {(v["version"], v["label"]): v["ok"] for v in j["versions"]}
+    check(set(vers) == {(4, "stable"), (5, "canary")}, "per-version breakdown: %s" % vers)
+    check(sum(vers.values()) == j["ok"], "per-version counts sum to ok")
+
+
+if __name__ == "__main__":
+    test, binary, proto = sys.argv[1], sys.argv[2], sys.argv[3]
+    {"co": test_co, "errors": test_errors, "canary": test_canary}[test](binary, proto)
+    print("%d failed" % failures)
+    sys.exit(1 if failures else 0)
