@@ -569,7 +569,8 @@ static void merge_result(struct kd_load_run *r, struct kd_load_result *res) {
   pthread_mutex_lock(&r->ev_mu);
   for (uint32_t i = 0; i < r->n_ev; i++) res->events[res->n_events++] = r->ev[i];
   pthread_mutex_unlock(&r->ev_mu);
-  for (uint32_t i = 0; i < res->n_versions && res->n_events < KD_LOAD_MAX_EVENTS; i++) {
+  /* the first version seen is the starting point, not an event */
+  for (uint32_t i = 1; i < res->n_versions && res->n_events < KD_LOAD_MAX_EVENTS; i++) {
     struct kd_load_event *ev = &res->events[res->n_events++];
     ev->t_s = res->versions[i].first_seen_s;
     ev->window = 0;

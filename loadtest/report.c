@@ -206,7 +206,8 @@ int kd_load_report_plot(const char *prefix, const struct kd_load_result *r, stru
   fprintf(g, "set terminal pngcairo size 900,500 noenhanced\nset grid\n");
   fprintf(g, "set output '%s-spectrum.png'\nset title 'kdrank-load: latency by percentile'\n", prefix);
   fprintf(g, "set logscale x\nset xlabel 'percentile'\nset ylabel 'latency (ms)'\n");
-  fprintf(g, "set xtics ('50%%' 2, '90%%' 10, '99%%' 100, '99.9%%' 1000, '99.99%%' 10000, '99.999%%' 100000)\n");
+  /* tic labels are gnuplot format strings: '%%%%' here is a literal percent sign there */
+  fprintf(g, "set xtics ('50%%%%' 2, '90%%%%' 10, '99%%%%' 100, '99.9%%%%' 1000, '99.99%%%%' 10000, '99.999%%%%' 100000)\n");
   fprintf(g, "plot '%s' using 2:3 with linespoints title '%s'", spec,
           r->closed ? "closed loop" : "from intended send (corrected)");
   if (!r->closed) fprintf(g, ", '' using 2:4 with linespoints title 'from actual send (uncorrected)'");
