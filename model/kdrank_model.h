@@ -182,7 +182,7 @@ struct kd_input {
  * look at values: the scorers treat NaN/Inf floats as given (the server validates them). */
 int kd_input_check(const struct kd_arch *a, const struct kd_input *in, struct kd_err *e);
 
-/* The scalar reference scorer: the oracle. Plain loops in double-free float, no BLAS.
+/* The scalar reference scorer: the oracle. Plain loops, double accumulators, no BLAS.
  * tasks: indices into arch.tasks (n_out of them); out: n_cand x n_out, candidate-major, served
  * values (sigmoid / identity / expm1). Input must pass kd_input_check. Allocates internally. */
 int kd_score_ref(const struct kd_model *m, const struct kd_input *in, const uint32_t *tasks,
