@@ -33,7 +33,7 @@ struct kd_load_req_params {
   double cand_a, cand_b; /* FIXED: a; UNIFORM: a..b; EXP: mean a, capped at b (or max_candidates) */
   uint32_t pool;         /* distinct request bodies (random features), >= 1 */
   uint64_t seed;
-  const char *replay;    /* NULL, or a JSON-lines file of requests (see README) */
+  const char *replay;    /* NULL, or a file of proto3-JSON ScoreRequests (kdrank-ckpt request) */
   int64_t pin_version;   /* > 0: pin every request to this version */
   const char *pin_label; /* non-NULL/non-empty: pin to this label */
   double timeout_s;      /* for GetModelMetadata */
@@ -59,7 +59,7 @@ struct kd_load_pool {
 
 /* Asks the server for the model's metadata and builds the pool (random features drawn per
  * FeatureSpec, or the replayed requests). Returns 0, or -1 with e filled (no server, bad
- * metadata, bad replay file: names the line and field). Free with kd_load_pool_free. */
+ * metadata, bad replay file: names the request and field). Free with kd_load_pool_free. */
 int kd_load_pool_build(struct kd_load_req_params p, struct kd_load_pool *out, struct kd_load_err *e);
 void kd_load_pool_free(struct kd_load_pool *pool);
 

@@ -55,7 +55,7 @@ static const struct opt opts[] = {
     {"model", OPT_STR, O(model), "", "model name (empty: the server's default)"},
     {"candidates", OPT_STR, O(candidates), "100", "candidates per request: N, A:B (uniform) or exp:MEAN"},
     {"pool", OPT_U64, O(pool), "64", "distinct random request bodies"},
-    {"replay", OPT_STR, O(replay), NULL, "JSON-lines file of requests to replay instead of random values"},
+    {"replay", OPT_STR, O(replay), NULL, "file of proto3-JSON ScoreRequests (e.g. from kdrank-ckpt request), drawn at random per call"},
     {"keys", OPT_U64, O(keys), "1000000", "routing keys drawn from a key space of this size (0: key 0)"},
     {"pin-version", OPT_U64, O(pin_version), "0", "pin requests to this version"},
     {"pin-label", OPT_STR, O(pin_label), NULL, "pin requests to this label (stable | canary)"},

@@ -10,6 +10,7 @@
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,8 +18,8 @@
 
 #include "kdrank.pb-c.h"
 
-#define REPLAY_MAX_LINES 100000
-#define REPLAY_MAX_LINE (16u << 20)
+#define REPLAY_MAX_LINES 100000           /* requests in a replay file */
+#define REPLAY_MAX_BYTES ((size_t)1 << 30) /* size of a replay file */
 
 static uint64_t splitmix(uint64_t *s) {
   uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
@@ -221,54 +222,86 @@ static const Kdrank__V1__FeatureSpec *find_feature(const Kdrank__V1__ModelMetada
   return NULL;
 }
 
-/* One replay line: {"count": N, "context": {"feat": [numbers]}, "candidates": {"feat": [numbers]}}.
- * Dense features take floats (rows x dim, row-major), sparse ones integer ids. */
-static int build_replay(struct builder *b, const Kdrank__V1__ModelMetadata *md, const char *line,
-                        const char *path, size_t lineno, struct kd_load_err *e) {
-  cJSON *j = cJSON_Parse(line);
-  if (!j || !cJSON_IsObject(j)) { cJSON_Delete(j); return kd_load_errf(e, "%s:%zu: expected a JSON object", path, lineno); }
-  int rc = -1;
-  const cJSON *cnt = cJSON_GetObjectItemCaseSensitive(j, "count");
-  if (!cJSON_IsNumber(cnt) || cnt->valuedouble < 1 || cnt->valuedouble > 1e6) {
-    kd_load_errf(e, "%s:%zu: field \"count\": expected a candidate count 1..1000000", path, lineno);
-    goto done;
-  }
-  b->cand.count = (uint32_t)cnt->valuedouble;
+/* One replayed request: a proto3-JSON kdrank.v1.ScoreRequest (as `kdrank-ckpt request` writes):
+ * {"context": {"count": 1, "columns": [{"name": .., "floats": [..]} | {"name": .., "ids": ["..", ..]}]},
+ *  "candidates": {"count": N, "columns": [..]}}. Its model, routingKey and pin are ignored (they
+ * come from the flags and the key space). int64 ids may be JSON strings (proto3) or numbers. */
+static int build_replay(struct builder *b, const Kdrank__V1__ModelMetadata *md, const cJSON *j,
+                        const char *path, size_t no, struct kd_load_err *e) {
+  if (!cJSON_IsObject(j)) return kd_load_errf(e, "%s: request #%zu: expected a JSON object", path, no);
   static const char *groups[2] = {"context", "candidates"};
   for (int g = 0; g < 2; g++) {
     const cJSON *obj = cJSON_GetObjectItemCaseSensitive(j, groups[g]);
-    if (!obj) continue;
-    if (!cJSON_IsObject(obj)) { kd_load_errf(e, "%s:%zu: field \"%s\": expected an object", path, lineno, groups[g]); goto done; }
-    const cJSON *col;
-    cJSON_ArrayForEach(col, obj) {
+    if (!cJSON_IsObject(obj)) return kd_load_errf(e, "%s: request #%zu: field \"%s\": expected an object", path, no, groups[g]);
+    const cJSON *cnt = cJSON_GetObjectItemCaseSensitive(obj, "count");
+    double count = cJSON_IsNumber(cnt) ? cnt->valuedouble : -1;
+    if (g == 0 && count != 1) return kd_load_errf(e, "%s: request #%zu: context.count: expected 1, found %g", path, no, count);
+    if (g == 1 && !(count >= 1 && count <= 1e6 && count == floor(count)))
+      return kd_load_errf(e, "%s: request #%zu: candidates.count: expected 1..1000000, found %g", path, no, count);
+    if (g == 1) b->cand.count = (uint32_t)count;
+    const cJSON *cols = cJSON_GetObjectItemCaseSensitive(obj, "columns"), *col;
+    if (!cJSON_IsArray(cols)) return kd_load_errf(e, "%s: request #%zu: %s.columns: expected an array", path, no, groups[g]);
+    cJSON_ArrayForEach(col, cols) {
+      const cJSON *nm = cJSON_GetObjectItemCaseSensitive(col, "name");
+      if (!cJSON_IsString(nm)) return kd_load_errf(e, "%s: request #%zu: %s.columns[]: expected a \"name\"", path, no, groups[g]);
       size_t fi;
-      const Kdrank__V1__FeatureSpec *f = find_feature(md, col->string, &fi);
-      if (!f) { kd_load_errf(e, "%s:%zu: %s.%s: no such feature in the model's metadata", path, lineno, groups[g], col->string); goto done; }
-      if (!cJSON_IsArray(col)) { kd_load_errf(e, "%s:%zu: %s.%s: expected an array of numbers", path, lineno, groups[g], col->string); goto done; }
+      const Kdrank__V1__FeatureSpec *f = find_feature(md, nm->valuestring, &fi);
+      if (!f) return kd_load_errf(e, "%s: request #%zu: %s.%s: no such feature in the model's metadata", path, no, groups[g], nm->valuestring);
       Kdrank__V1__Column *c = &b->cols[fi];
-      if (c->floats || c->ids) { kd_load_errf(e, "%s:%zu: %s.%s: given twice", path, lineno, groups[g], col->string); goto done; }
+      if (c->floats || c->ids) return kd_load_errf(e, "%s: request #%zu: %s.%s: given twice", path, no, groups[g], nm->valuestring);
       kdrank__v1__column__init(c);
       c->name = f->name;
-      size_t n = (size_t)cJSON_GetArraySize(col), k = 0;
       int sparse = f->kind == KDRANK__V1__FEATURE_SPEC__KIND__SPARSE;
+      const cJSON *vals = cJSON_GetObjectItemCaseSensitive(col, sparse ? "ids" : "floats"), *v;
+      if (vals && !cJSON_IsArray(vals))
+        return kd_load_errf(e, "%s: request #%zu: %s.%s.%s: expected an array", path, no, groups[g], f->name, sparse ? "ids" : "floats");
+      size_t n = vals ? (size_t)cJSON_GetArraySize(vals) : 0, k = 0;
       if (sparse) c->ids = malloc((n ? n : 1) * sizeof(int64_t));
       else c->floats = malloc((n ? n : 1) * sizeof(float));
-      if (!c->ids && !c->floats) { kd_load_errf(e, "out of memory"); goto done; }
-      const cJSON *v;
-      cJSON_ArrayForEach(v, col) {
-        if (!cJSON_IsNumber(v)) { kd_load_errf(e, "%s:%zu: %s.%s[%zu]: expected a number", path, lineno, groups[g], col->string, k); goto done; }
-        if (sparse) c->ids[k++] = (int64_t)v->valuedouble;
-        else c->floats[k++] = (float)v->valuedouble;
+      if (!c->ids && !c->floats) return kd_load_errf(e, "out of memory");
+      cJSON_ArrayForEach(v, vals) {
+        if (sparse && cJSON_IsString(v)) {
+          char *end;
+          errno = 0;
+          long long id = strtoll(v->valuestring, &end, 10);
+          if (errno || end == v->valuestring || *end)
+            return kd_load_errf(e, "%s: request #%zu: %s.%s.ids[%zu]: expected an int64, found \"%s\"", path, no, groups[g], f->name, k, v->valuestring);
+          c->ids[k++] = id;
+        } else if (cJSON_IsNumber(v)) {
+          if (sparse) c->ids[k++] = (int64_t)v->valuedouble;
+          else c->floats[k++] = (float)v->valuedouble;
+        } else {
+          return kd_load_errf(e, "%s: request #%zu: %s.%s[%zu]: expected a number", path, no, groups[g], f->name, k);
+        }
       }
       if (sparse) c->n_ids = n; else c->n_floats = n;
       if (g) b->cand_ptr[b->cand.n_columns++] = c;
       else b->ctx_ptr[b->ctx.n_columns++] = c;
     }
   }
-  rc = 0;
-done:
-  cJSON_Delete(j);
-  return rc;
+  return 0;
+}
+
+/* Reads a whole file (at most max bytes) into a NUL-terminated buffer. */
+static char *read_file(const char *path, size_t max, size_t *len, struct kd_load_err *e) {
+  FILE *f = fopen(path, "rb");
+  if (!f) { kd_load_errf(e, "--replay %s: cannot open: %s", path, strerror(errno)); return NULL; }
+  size_t cap = 1 << 16, n = 0;
+  char *buf = malloc(cap + 1);
+  while (buf) {
+    size_t got = fread(buf + n, 1, cap - n, f);
+    n += got;
+    if (n < cap) break;
+    if (cap >= max) { kd_load_errf(e, "--replay %s: larger than %zu bytes", path, max); free(buf); buf = NULL; break; }
+    cap *= 2;
+    char *nb = realloc(buf, cap + 1);
+    if (!nb) { free(buf); buf = NULL; kd_load_errf(e, "out of memory"); }
+    buf = nb;
+  }
+  if (buf && ferror(f)) { kd_load_errf(e, "--replay %s: read error", path); free(buf); buf = NULL; }
+  fclose(f);
+  if (buf) { buf[n] = 0; *len = n; }
+  return buf;
 }
 
 int kd_load_pool_build(struct kd_load_req_params p, struct kd_load_pool *out, struct kd_load_err *e) {
@@ -281,8 +314,7 @@ int kd_load_pool_build(struct kd_load_req_params p, struct kd_load_pool *out, st
   if (!md) return -1;
   int rc = -1;
   struct builder b;
-  FILE *f = NULL;
-  char *line = NULL;
+  char *text = NULL;
   if (builder_init(&b, md, p) != 0) { kd_load_errf(e, "out of memory"); goto fail; }
   snprintf(out->model, sizeof(out->model), "%s", md->model);
   snprintf(out->architecture, sizeof(out->architecture), "%s", md->architecture);
@@ -300,19 +332,25 @@ int kd_load_pool_build(struct kd_load_req_params p, struct kd_load_pool *out, st
   out->bodies = calloc(cap, sizeof(*out->bodies));
   if (!out->bodies) { kd_load_errf(e, "out of memory"); goto fail; }
   if (p.replay) {
-    f = fopen(p.replay, "r");
-    if (!f) { kd_load_errf(e, "--replay %s: cannot open", p.replay); goto fail; }
-    line = malloc(REPLAY_MAX_LINE);
-    if (!line) { kd_load_errf(e, "out of memory"); goto fail; }
-    size_t lineno = 0;
-    while (fgets(line, REPLAY_MAX_LINE, f)) {
-      lineno++;
-      size_t len = strlen(line);
-      if (len == REPLAY_MAX_LINE - 1 && line[len - 1] != '\n') { kd_load_errf(e, "%s:%zu: line longer than %u bytes", p.replay, lineno, REPLAY_MAX_LINE); goto fail; }
-      if (strspn(line, " \t\r\n") == len) continue;
+    size_t len = 0;
+    text = read_file(p.replay, REPLAY_MAX_BYTES, &len, e);
+    if (!text) goto fail;
+    const char *at = text, *end = text + len;
+    for (size_t no = 1;; no++) {
+      at += strspn(at, " \t\r\n");
+      if (at >= end) break;
       if (out->n == cap) { kd_load_errf(e, "%s: more than %u requests", p.replay, cap); goto fail; }
+      const char *stop = NULL;
+      cJSON *j = cJSON_ParseWithLengthOpts(at, (size_t)(end - at), &stop, 0);
+      if (!j) {
+        kd_load_errf(e, "%s: request #%zu (byte %zu): not valid JSON", p.replay, no, (size_t)((stop ? stop : at) - text));
+        goto fail;
+      }
+      at = stop;
       builder_clear_values(&b, md->n_features);
-      if (build_replay(&b, md, line, p.replay, lineno, e) != 0) goto fail;
+      int brc = build_replay(&b, md, j, p.replay, no, e);
+      cJSON_Delete(j);
+      if (brc != 0) goto fail;
       if (builder_pack(&b, &out->bodies[out->n]) != 0) { kd_load_errf(e, "out of memory"); goto fail; }
       out->n++;
     }
@@ -334,8 +372,7 @@ int kd_load_pool_build(struct kd_load_req_params p, struct kd_load_pool *out, st
   out->mean_bytes = sb / out->n;
   rc = 0;
 fail:
-  if (f) fclose(f);
-  free(line);
+  free(text);
   builder_free(&b, md->n_features);
   kdrank__v1__model_metadata__free_unpacked(md, NULL);
   if (rc != 0) kd_load_pool_free(out);

@@ -52,7 +52,8 @@ def main():
     pb, pbg = load_stubs(a.proto)
     fail_code = getattr(grpc.StatusCode, a.fail_code)
     lock = threading.Lock()
-    st = {"calls": 0, "failed": 0, "invalid": 0, "ok": 0, "first_call": None, "paused_calls": 0}
+    st = {"calls": 0, "failed": 0, "invalid": 0, "ok": 0, "first_call": None, "paused_calls": 0,
+          "cand_counts": {}, "first_item_ids": {}}
     rng = random.Random(a.seed)
     spec = {f[0]: f for f in FEATURES}
 
@@ -113,6 +114,8 @@ def main():
             canary = a.canary_version and (req.routing_key % 10000) < a.canary_weight * 10000
             with lock:
                 st["ok"] += 1
+                st["cand_counts"][n] = st["cand_counts"].get(n, 0) + 1
+                st["first_item_ids"][ids[0]] = st["first_item_ids"].get(ids[0], 0) + 1
             return pb.ScoreResponse(model="tiny-peer", version=a.canary_version if canary else a.version,
                                     version_label="canary" if canary else "stable",
                                     tasks=[t[0] for t in TASKS], scores=scores)

@@ -5,10 +5,12 @@
            from p99 (only the few calls in flight wait) but still sees it in its max.
   errors : the peer fails 25% of calls with UNAVAILABLE; the client's count must equal the
            server's exactly and the share must be within 4 binomial standard deviations.
+  replay : requests replayed from a proto3-JSON file reach the server unchanged; a bad file is
+           rejected with a message naming the request and the feature.
   canary : the peer answers 30% of routing keys as "canary"; --scenario canary must pass, and a
            wrong --canary-weight must fail (exit 3).
 Usage: run_load_test.py TEST KDRANK_LOAD PROTO_DIR"""
-import json, math, os, subprocess, sys, tempfile, time
+import atexit, json, math, os, subprocess, sys, tempfile, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -23,6 +25,12 @@ class Peer:
             self.p.kill()
             sys.exit("peer_server did not start: %r" % line)
         self.target = "ipv4:127.0.0.1:%d" % int(line.split()[1])
+        atexit.register(self.kill)  # a failing test must not leave its server behind
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
 
     def stop(self):
         self.p.terminate()
@@ -117,8 +125,41 @@ def test_canary(binary, proto):
     check(sum(vers.values()) == j["ok"], "per-version counts sum to ok")
 
 
+def test_replay(binary, proto):
+    d = tempfile.mkdtemp(prefix="kd_replay_")
+    good = os.path.join(d, "good.json")
+    reqs = []
+    for n, first in ((3, 111), (7, 222)):
+        reqs.append({"model": "ignored", "routingKey": "5",
+                     "context": {"count": 1, "columns": [{"name": "user_dense", "floats": [0.5, 1, 2, 3]},
+                                                         {"name": "user_id", "ids": ["-42"]}]},
+                     "candidates": {"count": n, "columns": [
+                         {"name": "item_dense", "floats": [0.25] * (3 * n)},
+                         {"name": "item_id", "ids": [str(first)] + [str(9000000000 + i) for i in range(1, n)]}]}})
+    with open(good, "w") as f:  # pretty-printed and concatenated, as kdrank-ckpt request writes them
+        f.write(json.dumps(reqs[0], indent=2) + "\n" + json.dumps(reqs[1]) + "\n")
+    peer = Peer(proto)
+    j = load(binary, peer.target, "--replay", good, "--rate", 200, "--duration", 2, "--warmup", 0)
+    bad = os.path.join(d, "bad.json")
+    reqs[1]["candidates"]["columns"][0]["name"] = "no_such_feature"
+    with open(bad, "w") as f:
+        f.write(json.dumps(reqs[0]) + json.dumps(reqs[1]))
+    r = subprocess.run([binary, "--target", peer.target, "--replay", bad, "--duration", "1"], capture_output=True,
+                       text=True, timeout=20)
+    s = peer.stop()
+    counts = {int(k): v for k, v in s["cand_counts"].items()}
+    firsts = {int(k): v for k, v in s["first_item_ids"].items()}
+    check(j["errors"] == 0 and s["invalid"] == 0, "replayed requests valid (%d errors, %d invalid)" % (
+        j["errors"], s["invalid"]))
+    check(set(counts) == {3, 7} and sum(counts.values()) == j["ok"], "server saw only the replayed counts: %s" % counts)
+    check(set(firsts) == {111, 222}, "server saw the replayed ids: %s" % firsts)
+    check(min(counts.values()) > 0.3 * j["ok"], "both requests drawn (%s)" % counts)
+    check(r.returncode == 1 and "request #2" in r.stderr and "no_such_feature" in r.stderr,
+          "bad replay file rejected naming request and feature: %r" % r.stderr.strip())
+
+
 if __name__ == "__main__":
     test, binary, proto = sys.argv[1], sys.argv[2], sys.argv[3]
-    {"co": test_co, "errors": test_errors, "canary": test_canary}[test](binary, proto)
+    {"co": test_co, "errors": test_errors, "canary": test_canary, "replay": test_replay}[test](binary, proto)
     print("%d failed" % failures)
     sys.exit(1 if failures else 0)
