@@ -48,6 +48,7 @@ def main():
     ap.add_argument("--canary-weight", type=float, default=0)
     ap.add_argument("--workers", type=int, default=64)
     ap.add_argument("--stats", default=None)
+    ap.add_argument("--repo", default=None, help="serve the highest REPO/<n>/model.kdr version (polled)")
     a = ap.parse_args()
     pb, pbg = load_stubs(a.proto)
     fail_code = getattr(grpc.StatusCode, a.fail_code)
@@ -77,6 +78,18 @@ def main():
         if len(seen) != len(FEATURES):
             return "missing features: %s" % sorted(set(spec) - seen)
         return None
+
+    cur = {"version": a.version}
+    if a.repo:
+        def watch():  # a version becomes current once its directory holds model.kdr
+            while True:
+                best = cur["version"]
+                for d in os.listdir(a.repo):
+                    if d.isdigit() and int(d) > best and os.path.exists(os.path.join(a.repo, d, "model.kdr")):
+                        best = int(d)
+                cur["version"] = best
+                time.sleep(0.05)
+        threading.Thread(target=watch, daemon=True).start()
 
     class Ranker(pbg.RankerServicer):
         def Score(self, req, ctx):
@@ -116,7 +129,7 @@ def main():
                 st["ok"] += 1
                 st["cand_counts"][n] = st["cand_counts"].get(n, 0) + 1
                 st["first_item_ids"][ids[0]] = st["first_item_ids"].get(ids[0], 0) + 1
-            return pb.ScoreResponse(model="tiny-peer", version=a.canary_version if canary else a.version,
+            return pb.ScoreResponse(model="tiny-peer", version=a.canary_version if canary else cur["version"],
                                     version_label="canary" if canary else "stable",
                                     tasks=[t[0] for t in TASKS], scores=scores)
 

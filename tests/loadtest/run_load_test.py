@@ -7,6 +7,8 @@
            server's exactly and the share must be within 4 binomial standard deviations.
   replay : requests replayed from a proto3-JSON file reach the server unchanged; a bad file is
            rejected with a message naming the request and the feature.
+  swap   : the swap scenario publishes versions into a repository the peer watches: atomic
+           copies, publish events, the answering version switching, in/out-of-window split.
   canary : the peer answers 30% of routing keys as "canary"; --scenario canary must pass, and a
            wrong --canary-weight must fail (exit 3).
 Usage: run_load_test.py TEST KDRANK_LOAD PROTO_DIR"""
@@ -158,8 +160,42 @@ def test_replay(binary, proto):
           "bad replay file rejected naming request and feature: %r" % r.stderr.strip())
 
 
+def test_swap(binary, proto):
+    repo = tempfile.mkdtemp(prefix="kd_repo_")
+    os.mkdir(os.path.join(repo, "m"))
+    src = [os.path.join(repo, "a.kdr"), os.path.join(repo, "b.kdr")]
+    for i, path in enumerate(src):
+        with open(path, "wb") as f:
+            f.write(os.urandom(50000 + i))
+    peer = Peer(proto, "--repo", os.path.join(repo, "m"), "--version", "0")
+    j = load(binary, peer.target, "--scenario", "swap", "--model", "m", "--repo", repo, "--swap-ckpt", ",".join(src),
+             "--swap-every", 1, "--swap-window", 0.5, "--rate", 300, "--duration", 4.5, "--warmup", 0.5,
+             "--candidates", 10)
+    peer.stop()
+    c = j["check"]
+    pubs = [e for e in j["events"] if e["window"]]
+    check(c["published"] == 3 and c["publish_failed"] == 0, "3 versions published (%d, %d failed)" % (
+        c["published"], c["publish_failed"]))
+    check([e["what"] for e in pubs] == ["publish v1", "publish v2", "publish v3"], "publish events: %s" % pubs)
+    dirs = sorted(os.listdir(os.path.join(repo, "m")))
+    check(dirs == ["1", "2", "3"], "repository holds exactly versions 1..3, no temporaries: %s" % dirs)
+    for v in (1, 2, 3):
+        with open(os.path.join(repo, "m", str(v), "model.kdr"), "rb") as f, open(src[(v - 1) % 2], "rb") as g:
+            check(f.read() == g.read(), "version %d is a byte copy of %s" % (v, src[(v - 1) % 2]))
+    seen = sorted(v["version"] for v in j["versions"])
+    check(seen == [0, 1, 2, 3], "answers from versions %s" % seen)
+    firsts = {v["version"]: v["first_seen_s"] for v in j["versions"]}
+    for e, v in zip(pubs, (1, 2, 3)):
+        check(e["t_s"] <= firsts[v] <= e["t_s"] + 0.5, "v%d first answered %.2f s, published %.2f s" % (
+            v, firsts[v], e["t_s"]))
+    nin, nout = j["latency_in_windows"]["count"], j["latency_outside_windows"]["count"]
+    check(nin > 0 and nout > 0 and nin + nout == j["ok"], "in/out windows split %d + %d == %d" % (nin, nout, j["ok"]))
+    check(0.2 < nin / j["ok"] < 0.55, "about 3 x 0.5 s of 4 s inside windows (%.2f)" % (nin / j["ok"]))
+    check(j["errors"] == 0, "no errors during swaps")
+
+
 if __name__ == "__main__":
     test, binary, proto = sys.argv[1], sys.argv[2], sys.argv[3]
-    {"co": test_co, "errors": test_errors, "canary": test_canary, "replay": test_replay}[test](binary, proto)
+    {"co": test_co, "errors": test_errors, "canary": test_canary, "replay": test_replay, "swap": test_swap}[test](binary, proto)
     print("%d failed" % failures)
     sys.exit(1 if failures else 0)
