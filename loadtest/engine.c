@@ -597,7 +597,11 @@ int kd_load_run_go(struct kd_load_run *r, struct kd_load_result *res, struct kd_
     return kd_load_errf(e, "out of memory");
   }
   prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0); /* the schedule thread wakes within a few us */
-  /* connect every channel first (up to 3 s) so connection set-up is not in the schedule */
+  uint32_t started = 0;
+  for (; started < r->n_io; started++)
+    if (pthread_create(&r->io[started].tid, NULL, io_main, &r->io[started]) != 0) break;
+  /* connect every channel first (up to 3 s; the I/O threads' queues drive the
+   * connection attempts) so connection set-up is not in the schedule */
   int64_t conn_limit = kd_load_now_ns() + 3000000000ll;
   for (uint32_t i = 0; i < r->n_chan; i++) {
     while (grpc_channel_check_connectivity_state(r->chan[i], 1) != GRPC_CHANNEL_READY &&
@@ -606,9 +610,6 @@ int kd_load_run_go(struct kd_load_run *r, struct kd_load_result *res, struct kd_
       nanosleep(&ts, NULL);
     }
   }
-  uint32_t started = 0;
-  for (; started < r->n_io; started++)
-    if (pthread_create(&r->io[started].tid, NULL, io_main, &r->io[started]) != 0) break;
   int64_t start = kd_load_now_ns();
   atomic_store(&r->start_ns, start);
   atomic_store(&r->end_ns, start + (int64_t)(r->p.duration_s * 1e9));

@@ -24,7 +24,7 @@
 struct cfg {
   const char *target, *scenario, *model, *candidates, *replay, *pin_label, *json, *csv, *plot;
   const char *repo, *swap_ckpt, *swap_cmd, *canary_label;
-  double rate, duration, warmup, deadline_ms, slo_p99_ms, ramp_start, ramp_step, ramp_max, step_duration;
+  double rate, duration, warmup, deadline_ms, slo_p99_ms, ramp_start, ramp_step, ramp_factor, ramp_max, step_duration;
   double swap_every, swap_window, canary_weight;
   uint64_t connections, threads, closed, max_requests, max_inflight, keys, pool, seed, pin_version;
   int poisson, quiet;
@@ -66,6 +66,7 @@ static const struct opt opts[] = {
     {"slo-p99", OPT_DBL, O(slo_p99_ms), "10", "ramp: p99 objective in ms"},
     {"ramp-start", OPT_DBL, O(ramp_start), "100", "ramp: first rate"},
     {"ramp-step", OPT_DBL, O(ramp_step), "100", "ramp: rate added per step"},
+    {"ramp-factor", OPT_DBL, O(ramp_factor), "0", "ramp: > 1: multiply the rate by this per step instead of adding"},
     {"ramp-max", OPT_DBL, O(ramp_max), "100000", "ramp: highest rate tried"},
     {"step-duration", OPT_DBL, O(step_duration), "5", "ramp: seconds per step (warm-up included)"},
     {"repo", OPT_STR, O(repo), NULL, "swap: model repository; versions published to REPO/MODEL/N/model.kdr"},
@@ -336,7 +337,8 @@ static int scenario_ramp(const struct cfg *c, const struct kd_load_pool *pool, s
   struct kd_load_result last = {0};
   int have_last = 0, rc = 0;
   if (!c->quiet) printf("%10s %10s %10s %10s %10s %8s  (ms; SLO p99 %.3f ms)\n", "asked", "achieved", "p50", "p99", "max", "errors", c->slo_p99_ms);
-  for (double rate = c->ramp_start; rate <= c->ramp_max + 1e-9; rate += c->ramp_step) {
+  for (double rate = c->ramp_start; rate <= c->ramp_max + 1e-9;
+       rate = c->ramp_factor > 1 ? rate * c->ramp_factor : rate + c->ramp_step) {
     struct kd_load_params p = run_params(c);
     p.rate = rate;
     p.duration_s = c->step_duration;

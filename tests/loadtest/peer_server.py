@@ -47,6 +47,8 @@ def main():
     ap.add_argument("--canary-version", type=int, default=0)
     ap.add_argument("--canary-weight", type=float, default=0)
     ap.add_argument("--workers", type=int, default=64)
+    ap.add_argument("--service-ms", type=float, default=0,
+                    help="each call holds one global lock this long: capacity 1000/ms calls/s")
     ap.add_argument("--stats", default=None)
     ap.add_argument("--repo", default=None, help="serve the highest REPO/<n>/model.kdr version (polled)")
     a = ap.parse_args()
@@ -91,6 +93,8 @@ def main():
                 time.sleep(0.05)
         threading.Thread(target=watch, daemon=True).start()
 
+    busy = threading.Lock()
+
     class Ranker(pbg.RankerServicer):
         def Score(self, req, ctx):
             now = time.monotonic()
@@ -107,6 +111,9 @@ def main():
                     with lock:
                         st["paused_calls"] += 1
                     time.sleep(p1 - now)
+            if a.service_ms > 0:
+                with busy:  # one call at a time
+                    time.sleep(a.service_ms / 1000.0)
             if fail:
                 with lock:
                     st["failed"] += 1

@@ -9,6 +9,8 @@
            rejected with a message naming the request and the feature.
   swap   : the swap scenario publishes versions into a repository the peer watches: atomic
            copies, publish events, the answering version switching, in/out-of-window split.
+  ramp   : against a peer with a known capacity (one call at a time, 12 ms each: 83/s), the highest
+           rate meeting the p99 SLO is below capacity and the ramp stops at the first failing step.
   canary : the peer answers 30% of routing keys as "canary"; --scenario canary must pass, and a
            wrong --canary-weight must fail (exit 3).
 Usage: run_load_test.py TEST KDRANK_LOAD PROTO_DIR"""
@@ -194,8 +196,28 @@ def test_swap(binary, proto):
     check(j["errors"] == 0, "no errors during swaps")
 
 
+def test_ramp(binary, proto):
+    # the peer serves one call at a time for 12 ms: capacity 83 calls/s. Steps 20, 40, 80, 160/s:
+    # below capacity p99 stays far under the 200 ms SLO (even on a loaded machine); at 160/s the
+    # queue, measured from intended send times, grows by ~77 calls/s and p99 passes the SLO.
+    peer = Peer(proto, "--service-ms", "12")
+    j = load(binary, peer.target, "--scenario", "ramp", "--ramp-start", 20, "--ramp-factor", 2, "--ramp-max", 400,
+             "--step-duration", 2, "--warmup", 0.5, "--slo-p99", 200, "--candidates", 5, "--connections", 2,
+             "--deadline-ms", 1000)
+    peer.stop()
+    c = j["check"]
+    steps = [(round(s["asked_rate"]), round(s["p99_ms"], 1), s["meets_slo"]) for s in c["steps"]]
+    print("steps (rate, p99 ms, meets SLO): %s" % steps)
+    check(20 <= c["max_rate_meeting_slo"] < 83, "max rate under the SLO %.0f in [20, 83)" % c["max_rate_meeting_slo"])
+    check(all(s["meets_slo"] for s in c["steps"][:-1]) and not c["steps"][-1]["meets_slo"],
+          "the ramp stops at its first failing step")
+    check(c["steps"][-1]["asked_rate"] >= 80, "the failing step is at or past capacity (%.0f)" % c["steps"][-1]["asked_rate"])
+    check(c["steps"][-1]["p99_ms"] > 200 or c["steps"][-1]["achieved_rate"] < 0.95 * c["steps"][-1]["asked_rate"],
+          "the failing step misses the SLO or the asked rate (p99 %.1f ms)" % c["steps"][-1]["p99_ms"])
+
+
 if __name__ == "__main__":
     test, binary, proto = sys.argv[1], sys.argv[2], sys.argv[3]
-    {"co": test_co, "errors": test_errors, "canary": test_canary, "replay": test_replay, "swap": test_swap}[test](binary, proto)
+    {"co": test_co, "errors": test_errors, "canary": test_canary, "replay": test_replay, "swap": test_swap, "ramp": test_ramp}[test](binary, proto)
     print("%d failed" % failures)
     sys.exit(1 if failures else 0)
