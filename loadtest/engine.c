@@ -481,7 +481,7 @@ static void sleep_until(int64_t t_ns) {
 }
 
 /* The open-loop schedule: intended times t_k; waits for the in-flight cap without moving them. */
-static void schedule_open(struct kd_load_run *r, uint64_t *cap_hits, double *cap_wait_s) {
+static void schedule_open(struct kd_load_run *r, uint64_t *cap_hits, double *cap_wait_s, uint64_t *unsent) {
   int64_t start = atomic_load(&r->start_ns), end = atomic_load(&r->end_ns);
   double t = 0.0; /* seconds since start of the next intended send */
   for (;;) {
@@ -501,7 +501,15 @@ static void schedule_open(struct kd_load_run *r, uint64_t *cap_hits, double *cap
         if (kd_load_now_ns() >= end) break;
       }
       *cap_wait_s += (double)(kd_load_now_ns() - w0) / 1e9;
-      if (r->n_free == 0) { pthread_mutex_unlock(&r->mu); break; }
+      if (r->n_free == 0) {
+        pthread_mutex_unlock(&r->mu);
+        /* the schedule ended while waiting for the cap: count what was never sent */
+        for (; intended < end && atomic_load(&r->issued) + *unsent < r->p.max_requests; (*unsent)++) {
+          t += r->p.poisson ? -log(unif01(&r->rng)) / r->p.rate : 1.0 / r->p.rate;
+          intended = start + (int64_t)(t * 1e9);
+        }
+        break;
+      }
     }
     struct slot *s = &r->slots[r->free_stack[--r->n_free]];
     s->in_use = 1;
@@ -613,7 +621,7 @@ int kd_load_run_go(struct kd_load_run *r, struct kd_load_result *res, struct kd_
   int64_t start = kd_load_now_ns();
   atomic_store(&r->start_ns, start);
   atomic_store(&r->end_ns, start + (int64_t)(r->p.duration_s * 1e9));
-  uint64_t cap_hits = 0;
+  uint64_t cap_hits = 0, unsent = 0;
   double cap_wait = 0;
   if (started < r->n_io) {
     atomic_store(&r->stopping, 1);
@@ -632,7 +640,7 @@ int kd_load_run_go(struct kd_load_run *r, struct kd_load_result *res, struct kd_
     }
     sleep_until(atomic_load(&r->end_ns));
   } else {
-    schedule_open(r, &cap_hits, &cap_wait);
+    schedule_open(r, &cap_hits, &cap_wait, &unsent);
   }
   atomic_store(&r->stopping, 1);
   /* drain: every call ends by its deadline; past deadline + 1 s cancel what is left */
@@ -674,6 +682,7 @@ int kd_load_run_go(struct kd_load_run *r, struct kd_load_result *res, struct kd_
   res->issued = atomic_load(&r->issued);
   res->cap_hits = cap_hits;
   res->cap_wait_s = cap_wait;
+  res->unsent = unsent;
   res->max_seen_inflight = atomic_load(&r->max_inflight_seen);
   return 0;
 }

@@ -112,6 +112,7 @@ struct kd_load_result {
   uint64_t cancelled_at_end;      /* calls still in flight past the drain limit */
   uint64_t cap_hits;              /* times the schedule had to wait for the in-flight cap */
   double cap_wait_s;              /* total time it waited */
+  uint64_t unsent;                /* scheduled before the end but never sent (cap still full) */
   uint64_t max_seen_inflight;
   struct kd_hist *lat;            /* ok calls: completion - intended send (corrected) */
   struct kd_hist *service;        /* ok calls: completion - actual send (uncorrected) */

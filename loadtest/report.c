@@ -47,6 +47,9 @@ void kd_load_report_text(void *fp, const struct kd_load_result *r, struct kd_loa
     fprintf(f, "in-flight cap HIT %llu times (schedule waited %.3f s in total); max in flight %llu\n",
             (unsigned long long)r->cap_hits, r->cap_wait_s, (unsigned long long)r->max_seen_inflight);
   else fprintf(f, "max in flight %llu (cap never hit)\n", (unsigned long long)r->max_seen_inflight);
+  if (r->unsent)
+    fprintf(f, "%llu calls scheduled before the end were never sent (the cap stayed full): the figures "
+               "above understate the latency they would have seen\n", (unsigned long long)r->unsent);
   if (r->errors) {
     fprintf(f, "errors by status:");
     for (int c = 0; c < KD_LOAD_N_STATUS; c++)
@@ -119,6 +122,7 @@ void *kd_load_report_json(const struct kd_load_result *r, struct kd_load_report_
   cJSON_AddNumberToObject(o, "inflight_cap_hits", (double)r->cap_hits);
   cJSON_AddNumberToObject(o, "inflight_cap_wait_s", r->cap_wait_s);
   cJSON_AddNumberToObject(o, "max_inflight", (double)r->max_seen_inflight);
+  cJSON_AddNumberToObject(o, "unsent_at_end", (double)r->unsent);
   cJSON_AddItemToObject(o, "latency", json_hist(r->lat));
   cJSON_AddItemToObject(o, "service_time", json_hist(r->service));
   cJSON_AddItemToObject(o, "latency_in_windows", json_hist(r->lat_in));

@@ -11,6 +11,8 @@
            copies, publish events, the answering version switching, in/out-of-window split.
   ramp   : against a peer with a known capacity (one call at a time, 12 ms each: 83/s), the highest
            rate meeting the p99 SLO is below capacity and the ramp stops at the first failing step.
+  cap    : asked twice the peer's capacity with --max-inflight 4: the cap is hit and reported, never
+           exceeded, and the wait shows in the latency from intended send times only.
   canary : the peer answers 30% of routing keys as "canary"; --scenario canary must pass, and a
            wrong --canary-weight must fail (exit 3).
 Usage: run_load_test.py TEST KDRANK_LOAD PROTO_DIR"""
@@ -216,8 +218,28 @@ def test_ramp(binary, proto):
           "the failing step misses the SLO or the asked rate (p99 %.1f ms)" % c["steps"][-1]["p99_ms"])
 
 
+def test_cap(binary, proto):
+    # capacity 100/s (10 ms per call, one at a time), asked 200/s with at most 4 calls in flight:
+    # the schedule must wait, say so, never exceed the cap, and still count from intended times
+    peer = Peer(proto, "--service-ms", "10")
+    j = load(binary, peer.target, "--rate", 200, "--duration", 2, "--warmup", 0, "--max-inflight", 4,
+             "--candidates", 5, "--deadline-ms", 5000)
+    s = peer.stop()
+    lat, svc = j["latency"], j["service_time"]
+    print("cap hits %d, waited %.2f s, max in flight %d; p99 %.1f ms corrected, %.1f ms from actual send" % (
+        j["inflight_cap_hits"], j["inflight_cap_wait_s"], j["max_inflight"], lat["p99_ms"], svc["p99_ms"]))
+    check(j["inflight_cap_hits"] > 0 and j["inflight_cap_wait_s"] > 0.5, "the cap was hit and reported")
+    check(j["max_inflight"] == 4, "never more than 4 calls in flight (%d)" % j["max_inflight"])
+    check(j["achieved_rate"] < 120, "achieved %.0f/s is the server's capacity, not the asked 200/s" % j["achieved_rate"])
+    check(svc["p99_ms"] < 100, "from actual send the wait is hidden (p99 %.1f ms)" % svc["p99_ms"])
+    check(lat["p99_ms"] > 500, "from intended send it is not (p99 %.1f ms)" % lat["p99_ms"])
+    check(j["issued"] == s["calls"] and j["errors"] == 0, "every issued call reached the server once")
+    check(abs(j["issued"] + j["unsent_at_end"] - 400) <= 1, "issued %d + never sent %d == the 400 scheduled" % (
+        j["issued"], j["unsent_at_end"]))
+
+
 if __name__ == "__main__":
     test, binary, proto = sys.argv[1], sys.argv[2], sys.argv[3]
-    {"co": test_co, "errors": test_errors, "canary": test_canary, "replay": test_replay, "swap": test_swap, "ramp": test_ramp}[test](binary, proto)
+    {"co": test_co, "errors": test_errors, "canary": test_canary, "replay": test_replay, "swap": test_swap, "ramp": test_ramp, "cap": test_cap}[test](binary, proto)
     print("%d failed" % failures)
     sys.exit(1 if failures else 0)
