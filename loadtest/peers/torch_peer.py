@@ -68,7 +68,7 @@ class Model:
             if c is None:
                 raise ValueError("feature %s: missing" % f["name"])
             if f["kind"] == "dense":
-                v = np.asarray(c.floats, dtype=np.float32)
+                v = np.fromiter(c.floats, dtype=np.float32, count=len(c.floats))
                 if v.size != rows * f["dim"]:
                     raise ValueError("feature %s: expected %d floats, found %d" % (f["name"], rows * f["dim"], v.size))
                 parts.append(torch.from_numpy(v).view(rows, f["dim"]))
