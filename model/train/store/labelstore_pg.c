@@ -553,13 +553,19 @@ static int pg_reader_open(kd_labelstore_reader *r, struct kd_err *e) {
 
 static int pg_reader_start(kd_labelstore_reader *r, struct kd_err *e) {
   struct pg_reader *x = r->impl;
+  /* Stream through the primary key index, which is already in (vid, example_id) order: without
+   * statistics (a version just committed) the planner may otherwise pick a scan plus a sort,
+   * several times slower and buffering the whole version on the server first. Session-local. */
+  int rc = pg_exec(x->c, "SET enable_sort = off; SET enable_bitmapscan = off", PGRES_COMMAND_OK, r->s->display,
+                   "setting up the read", e);
+  if (rc) return rc;
   char sql[256];
   snprintf(sql, sizeof sql,
            "COPY (SELECT example_id, logits FROM kd_labels WHERE vid = %lld ORDER BY example_id)"
            " TO STDOUT (FORMAT binary)", (long long)r->vid);
   PGresult *res = PQexec(x->c, sql);
   if (PQresultStatus(res) != PGRES_COPY_OUT) {
-    int rc = pg_fail_res(e, res, x->c, r->s->display, "reading labels (COPY)");
+    rc = pg_fail_res(e, res, x->c, r->s->display, "reading labels (COPY)");
     PQclear(res);
     return rc;
   }
