@@ -165,6 +165,24 @@ static void test_bad_uris(void) {
   fclose(f);
   CHECK(kd_labelstore_open(path, p, &e) == NULL && e.code == KD_ERR_IO);
   CHECKF(strstr(e.msg, "not a database") != NULL, "%s", e.msg);
+  /* an existing database without the store's tables, opened read-only: nothing is created */
+  if (g_pg) {
+    char other[1100];
+    const char *db = strrchr(g_uri, '/');
+    snprintf(other, sizeof other, "%.*s/template1", (int)(db - g_uri), g_uri);
+    CHECK(kd_labelstore_open(other, ro, &e) == NULL);
+    CHECKF(e.code == KD_ERR_INVALID && strstr(e.msg, "not a kdrank label store"), "%s", e.msg);
+    snprintf(other, sizeof other, "%.*s/no_such_db", (int)(db - g_uri), g_uri);
+    CHECK(kd_labelstore_open(other, p, &e) == NULL);
+    CHECKF(e.code == KD_ERR_IO && strstr(e.msg, "no_such_db") && strstr(e.msg, "does not exist"), "%s", e.msg);
+  } else {
+    snprintf(path, sizeof path, "%s/empty.db", g_dir);
+    f = fopen(path, "w");
+    REQUIRE(f);
+    fclose(f);
+    CHECK(kd_labelstore_open(path, ro, &e) == NULL);
+    CHECKF(e.code == KD_ERR_INVALID && strstr(e.msg, "not a kdrank label store"), "%s", e.msg);
+  }
   /* a batch size over the limit */
   struct kd_labelstore_params big = p;
   big.batch_rows = 1u << 30;
@@ -356,9 +374,34 @@ static void test_tamper_detected(void) {
   CHECKF(rc == KD_ERR_CORRUPT && strstr(e.msg, "digest"), "rc %d: %s", rc, e.msg);
   CHECK(n == 50);
   kd_labelstore_reader_free(r);
+
+  /* a logits value of the wrong size, and a malformed task list, are reported, not trusted */
+  REQUIRE(write_version(s, "tamper-2", 2, 0, 1, 20, 0.0f, 0) == KD_OK);
+  sql = g_pg
+      ? "BEGIN; ALTER TABLE kd_labels DISABLE TRIGGER USER; ALTER TABLE kd_label_versions DISABLE TRIGGER USER;"
+        " UPDATE kd_labels SET logits = '\\x0000803f'::bytea WHERE example_id = 3 AND"
+        " vid = (SELECT id FROM kd_label_versions WHERE version = 'tamper-2');"
+        " UPDATE kd_label_versions SET tasks = 'a,,b' WHERE version = 'tamper-1';"
+        " ALTER TABLE kd_labels ENABLE TRIGGER USER; ALTER TABLE kd_label_versions ENABLE TRIGGER USER; COMMIT;"
+      : "DROP TRIGGER kd_label_versions_no_update;"
+        " UPDATE kd_labels SET logits = x'0000803f' WHERE example_id = 3 AND"
+        " vid = (SELECT id FROM kd_label_versions WHERE version = 'tamper-2');"
+        " UPDATE kd_label_versions SET tasks = 'a,,b' WHERE version = 'tamper-1';";
+  CHECKF(raw_sql(sql, msg, sizeof msg) == 0, "%s", msg);
+  r = kd_labelstore_reader_open(s, "tamper-2", &e);
+  REQUIRE(r);
+  n = 0;
+  while ((rc = kd_labelstore_reader_next(r, &id, lg, &e)) == 1) n++;
+  CHECKF(rc == KD_ERR_CORRUPT && strstr(e.msg, "example 3 has 4 logit bytes, expected 8"), "rc %d: %s", rc, e.msg);
+  CHECK(n == 3);
+  kd_labelstore_reader_free(r);
+  struct kd_label_manifest m;
+  CHECK(kd_labelstore_manifest_get(s, "tamper-1", &m, &e) == KD_ERR_CORRUPT && strstr(e.msg, "malformed"));
+  CHECK(kd_labelstore_reader_open(s, "tamper-1", &e) == NULL && e.code == KD_ERR_CORRUPT);
+  struct kd_label_manifest *all = NULL;
+  size_t cnt = 0;
+  CHECK(kd_labelstore_list(s, &all, &cnt, &e) == KD_ERR_CORRUPT && all == NULL);
   kd_labelstore_close(s);
-  /* reopening recreates nothing and the store keeps working (the trigger stays dropped in SQLite,
-   * which is exactly what the digest is for) */
 }
 
 static void test_completeness(void) {

@@ -289,6 +289,10 @@ static int sq_writer_begin(kd_labelstore_writer *w, struct kd_err *e) {
   int rc = sq_connect(s, &x->db, e);
   if (rc) goto fail_x;
   if ((rc = sq_lock(w, x, e))) goto fail_db;
+  /* Batches of a WRITING version need not survive a power cut one by one (the version is restarted
+   * then), so they are not synced; commit switches to FULL, and syncing the WAL at the COMPLETE
+   * transaction makes every earlier frame of the WAL durable with it. */
+  if ((rc = sq_exec(x->db, "PRAGMA synchronous=NORMAL", s->display, "setting up the writer", e))) goto fail_lock;
   char tasks[KD_MAX_TASKS * KD_NAME_MAX];
   kd_ls_tasks_join(&w->m, tasks, sizeof tasks);
   char tag[192];
