@@ -9,6 +9,7 @@
 
 #include <libpq-fe.h>
 #include <math.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdint.h>
 #include <sys/wait.h>
@@ -187,6 +188,22 @@ static void test_bad_uris(void) {
   struct kd_labelstore_params big = p;
   big.batch_rows = 1u << 30;
   CHECK(kd_labelstore_open(g_uri, big, &e) == NULL && e.code == KD_ERR_RANGE);
+}
+
+static void test_pin_parse(void) {
+  struct kd_err e = {0};
+  char store[256], ver[KD_LABEL_VERSION_MAX];
+  CHECK(kd_labelstore_pin_parse("labels.db@t2x-w3", store, sizeof store, ver, &e) == KD_OK &&
+        strcmp(store, "labels.db") == 0 && strcmp(ver, "t2x-w3") == 0);
+  CHECK(kd_labelstore_pin_parse("postgresql://kd:pw@db.example:5432/labels?sslmode=disable@v1", store, sizeof store,
+                                ver, &e) == KD_OK &&
+        strcmp(store, "postgresql://kd:pw@db.example:5432/labels?sslmode=disable") == 0 && strcmp(ver, "v1") == 0);
+  CHECK(kd_labelstore_pin_parse("labels.db", store, sizeof store, ver, &e) == KD_ERR_INVALID);
+  CHECK(kd_labelstore_pin_parse("labels.db@", store, sizeof store, ver, &e) == KD_ERR_INVALID);
+  CHECK(kd_labelstore_pin_parse("@v1", store, sizeof store, ver, &e) == KD_ERR_INVALID);
+  CHECK(kd_labelstore_pin_parse("labels.db@v/1", store, sizeof store, ver, &e) == KD_ERR_INVALID);
+  CHECK(kd_labelstore_pin_parse(NULL, store, sizeof store, ver, &e) == KD_ERR_INVALID);
+  CHECK(kd_labelstore_pin_parse("labels.db@v1", store, 5, ver, &e) == KD_ERR_INVALID);
 }
 
 static void test_manifest_checks(kd_labelstore *s) {
@@ -618,6 +635,43 @@ static void test_two_readers(kd_labelstore *s) {
   kd_labelstore_close(s2);
 }
 
+/* Threads sharing one store handle: a writer writes a version while readers read another. The
+ * threads only return results; the main thread checks them (the CHECK counters are not atomic). */
+struct thr_job {
+  kd_labelstore *s;
+  int writer;
+  long long result;
+};
+
+static void *thr_main(void *arg) {
+  struct thr_job *j = arg;
+  if (j->writer) {
+    j->result = write_version(j->s, "thr-w", 3, 0, 1, 50000, 2.0f, 0);
+  } else {
+    j->result = 0;
+    for (int rep = 0; rep < 3; rep++) {
+      long long n = verify_version(j->s, "two-1", 1000, 7, 0.0f);
+      if (n != 5000) j->result = -1;
+    }
+  }
+  return NULL;
+}
+
+static void test_threads(kd_labelstore *s) {
+  pthread_t th[4];
+  struct thr_job jobs[4];
+  for (int i = 0; i < 4; i++) {
+    jobs[i].s = s;
+    jobs[i].writer = i == 0;
+    jobs[i].result = -2;
+    REQUIRE(pthread_create(&th[i], NULL, thr_main, &jobs[i]) == 0);
+  }
+  for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+  CHECK(jobs[0].result == KD_OK);
+  for (int i = 1; i < 4; i++) CHECK(jobs[i].result == 0);
+  CHECK(verify_version(s, "thr-w", 0, 1, 2.0f) == 50000);
+}
+
 /* A large version in bounded time (CTest TIMEOUT bounds it; the time is printed, not asserted). */
 static void test_large(kd_labelstore *s, size_t rows) {
   struct timespec t0, t1, t2;
@@ -660,6 +714,7 @@ int main(int argc, char **argv) {
   printf("label store tests on %s\n", pg ? "PostgreSQL" : g_uri);
 
   test_bad_uris();
+  test_pin_parse();
   kd_labelstore *s = open_store(4096);
   REQUIRE(s);
   CHECK(strcmp(kd_labelstore_backend(s), pg ? "postgresql" : "sqlite") == 0);
@@ -670,6 +725,7 @@ int main(int argc, char **argv) {
   test_crashed_writer();
   test_coverage(s);
   test_two_readers(s);
+  test_threads(s);
   kd_labelstore_close(s);
   s = open_store(0);
   REQUIRE(s);

@@ -48,9 +48,12 @@
  *   KD_ERR_CORRUPT     stored content fails a check (blob size, count, digest, manifest fields)
  *   KD_ERR_NOMEM, KD_ERR_RANGE as usual.
  *
- * Thread safety: every handle (store, writer, reader) is used by one thread at a time. Writers and
- * readers own their own database connection, so different ones may run in different threads and
- * processes at once; a store handle must outlive the writers and readers made from it.
+ * Thread safety: writers and readers own their own database connection; each is used by one
+ * thread at a time, and different ones may run in different threads and processes at once.
+ * kd_labelstore_writer_begin and kd_labelstore_reader_open only read the store handle, so any
+ * number of threads may call them on one store at once; kd_labelstore_manifest_get and
+ * kd_labelstore_list use the store's own connection: one thread at a time. A store handle must
+ * outlive the writers and readers made from it.
  */
 #ifndef KDRANK_LABELSTORE_H
 #define KDRANK_LABELSTORE_H
@@ -124,6 +127,12 @@ int kd_labelstore_list(kd_labelstore *s, struct kd_label_manifest **out, size_t 
 
 /* Checks a version name against the rules above; KD_OK or KD_ERR_INVALID naming the bad char. */
 int kd_labelstore_version_check(const char *version, struct kd_err *e);
+
+/* Splits a pin "STORE@VERSION" (as in `--labels STORE@VERSION`) at its LAST '@' (a version never
+ * contains one; a PostgreSQL URI may): store[store_cap] gets the URI, version[KD_LABEL_VERSION_MAX]
+ * the checked version name. KD_ERR_INVALID if there is no '@', either side is empty, the version
+ * is malformed, or the URI does not fit in store_cap. */
+int kd_labelstore_pin_parse(const char *pin, char *store, size_t store_cap, char *version, struct kd_err *e);
 
 /* ---- writing ------------------------------------------------------------------------------ */
 

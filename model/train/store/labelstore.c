@@ -140,6 +140,23 @@ int kd_labelstore_version_check(const char *version, struct kd_err *e) {
   return KD_OK;
 }
 
+int kd_labelstore_pin_parse(const char *pin, char *store, size_t store_cap, char *version, struct kd_err *e) {
+  const char *at = pin ? strrchr(pin, '@') : NULL;
+  if (!at || at == pin || !at[1])
+    return kd_err_set(e, KD_ERR_INVALID, "label pin '%.200s': expected STORE@VERSION (e.g. labels.db@teacher-v3)",
+                      pin ? pin : "(null)");
+  size_t n = (size_t)(at - pin);
+  if (n >= store_cap)
+    return kd_err_set(e, KD_ERR_INVALID, "label pin: store URI is %zu characters, at most %zu fit", n,
+                      store_cap ? store_cap - 1 : 0);
+  int rc = kd_labelstore_version_check(at + 1, e);
+  if (rc) return rc;
+  memcpy(store, pin, n);
+  store[n] = 0;
+  kd_ls_copy(version, KD_LABEL_VERSION_MAX, at + 1);
+  return KD_OK;
+}
+
 static int task_name_ok(const char *t) {
   size_t n = strnlen(t, KD_NAME_MAX);
   if (n == 0 || n >= KD_NAME_MAX) return 0;
@@ -397,15 +414,16 @@ kd_labelstore_reader *kd_labelstore_reader_open(kd_labelstore *s, const char *ve
     return NULL;
   }
   r->s = s;
-  if (s->ops->manifest_get(s, version, &r->m, &r->vid, e) != KD_OK) goto fail_r;
+  if (s->ops->reader_open(r, version, e) != KD_OK) goto fail_r;
   if (r->m.state != KD_LABEL_COMPLETE) {
     kd_err_set(e, KD_ERR_INVALID, "%s: label version '%s' is %s, not COMPLETE: it cannot be read until its writer "
                "commits (no partial reads)", s->display, version, kd_ls_state_name(r->m.state));
-    goto fail_r;
+    goto fail_open;
   }
-  if (s->ops->reader_open(r, e) != KD_OK) goto fail_r;
   return r;
 
+fail_open:
+  s->ops->reader_end(r);
 fail_r:
   free(r);
   return NULL;

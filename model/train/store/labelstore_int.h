@@ -66,8 +66,10 @@ struct kd_ls_ops {
   int (*writer_commit)(kd_labelstore_writer *w, struct kd_err *e);
   /* discard the rows if discard, release the lock, disconnect */
   void (*writer_end)(kd_labelstore_writer *w, int discard);
-  /* reader: connect (r->m and r->vid already loaded and COMPLETE) */
-  int (*reader_open)(kd_labelstore_reader *r, struct kd_err *e);
+  /* reader: connect and load version's manifest into r->m and its row id into r->vid through
+   * the reader's own connection (the store handle is only read, so threads may open readers from
+   * one store at once); on error nothing is left open */
+  int (*reader_open)(kd_labelstore_reader *r, const char *version, struct kd_err *e);
   /* start the ordered stream */
   int (*reader_start)(kd_labelstore_reader *r, struct kd_err *e);
   /* next row: 1 with *id, *blob (valid until the next call), *len; 0 at the end; <0 error */

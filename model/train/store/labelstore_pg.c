@@ -539,11 +539,13 @@ static void pg_writer_end(kd_labelstore_writer *w, int discard) {
 
 /* ---- reader ------------------------------------------------------------------------------- */
 
-static int pg_reader_open(kd_labelstore_reader *r, struct kd_err *e) {
+static int pg_reader_open(kd_labelstore_reader *r, const char *version, struct kd_err *e) {
   struct pg_reader *x = calloc(1, sizeof *x);
   if (!x) return kd_err_set(e, KD_ERR_NOMEM, "%s: out of memory", r->s->display);
   int rc = pg_connect(r->s, &x->c, e);
+  if (rc == KD_OK) rc = pg_manifest_get_conn(r->s, x->c, version, "", &r->m, &r->vid, e);
   if (rc) {
+    PQfinish(x->c);
     free(x);
     return rc;
   }

@@ -475,11 +475,13 @@ static void sq_writer_end(kd_labelstore_writer *w, int discard) {
 
 /* ---- reader ------------------------------------------------------------------------------- */
 
-static int sq_reader_open(kd_labelstore_reader *r, struct kd_err *e) {
+static int sq_reader_open(kd_labelstore_reader *r, const char *version, struct kd_err *e) {
   struct sq_reader *x = calloc(1, sizeof *x);
   if (!x) return kd_err_set(e, KD_ERR_NOMEM, "%s: out of memory", r->s->display);
   int rc = sq_connect(r->s, &x->db, e);
+  if (rc == KD_OK) rc = sq_manifest_get_db(r->s, x->db, version, &r->m, &r->vid, e);
   if (rc) {
+    sqlite3_close(x->db);
     free(x);
     return rc;
   }
