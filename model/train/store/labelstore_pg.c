@@ -449,8 +449,18 @@ static int pg_writer_flush(kd_labelstore_writer *w, const int64_t *ids, const fl
     return rc;
   }
   PQclear(r);
-  if (PQputCopyData(x->c, (const char *)x->buf, (int)(p - x->buf)) != 1 || PQputCopyEnd(x->c, NULL) != 1)
-    return pg_fail_conn(e, x->c, s->display, "sending COPY data");
+  /* sent in pieces: PQputCopyData takes an int length, and a batch can exceed 2 GiB */
+  for (const unsigned char *q = x->buf; q < p;) {
+    size_t piece = (size_t)(p - q) < ((size_t)1 << 20) ? (size_t)(p - q) : ((size_t)1 << 20);
+    if (PQputCopyData(x->c, (const char *)q, (int)piece) != 1) {
+      int rc = pg_fail_conn(e, x->c, s->display, "sending COPY data");
+      PQputCopyEnd(x->c, "kdrank: send failed");
+      for (PGresult *fr; (fr = PQgetResult(x->c));) PQclear(fr);
+      return rc;
+    }
+    q += piece;
+  }
+  if (PQputCopyEnd(x->c, NULL) != 1) return pg_fail_conn(e, x->c, s->display, "ending COPY");
   int rc = KD_OK;
   while ((r = PQgetResult(x->c))) {
     if (rc == KD_OK && PQresultStatus(r) != PGRES_COMMAND_OK) {
