@@ -137,6 +137,7 @@ int kd_labelstore_pin_parse(const char *pin, char *store, size_t store_cap, char
 /* ---- writing ------------------------------------------------------------------------------ */
 
 /* Starts writing the version m->version (see struct kd_label_manifest for the fields read).
+ * The writer owns a connection, a lock, two p.batch_rows-row buffers and a flush thread.
  * Refused with KD_ERR_INVALID if the version is COMPLETE (immutable), if another live writer
  * holds it, if the store is read-only or if the manifest is malformed. A WRITING leftover of a
  * crashed writer is discarded (its rows deleted) and restarted. Returns a writer owning its own
@@ -146,9 +147,10 @@ kd_labelstore_writer *kd_labelstore_writer_begin(kd_labelstore *s, const struct 
 
 /* Adds one example's logits (n_tasks floats, manifest order, copied). Rows are buffered and
  * written in transactions of p.batch_rows rows (SQLite: a prepared INSERT; PostgreSQL: COPY
- * binary), so a database error (e.g. a duplicate example id) may surface at a later put or at
- * commit. KD_ERR_INVALID for a non-finite logit (nothing is stored for that call). After any
- * database error the writer is failed: every further call returns that error; free it. */
+ * binary) by the writer's own thread while put fills a second buffer, so put blocks only when
+ * both buffers are full, and a database error (e.g. a duplicate example id) surfaces at a later
+ * put or at commit. KD_ERR_INVALID for a non-finite logit (nothing is stored for that call).
+ * After any database error the writer is failed: every further call returns that error; free it. */
 int kd_labelstore_writer_put(kd_labelstore_writer *w, int64_t example_id, const float *logits,
                              struct kd_err *e);
 

@@ -306,6 +306,8 @@ int kd_labelstore_list(kd_labelstore *s, struct kd_label_manifest **out, size_t 
 
 /* ---- writer ------------------------------------------------------------------------------- */
 
+static void *flush_main(void *arg);
+
 kd_labelstore_writer *kd_labelstore_writer_begin(kd_labelstore *s, const struct kd_label_manifest *m,
                                                  struct kd_err *e) {
   if (manifest_check(m, e) != KD_OK) return NULL;
@@ -323,21 +325,63 @@ kd_labelstore_writer *kd_labelstore_writer_begin(kd_labelstore *s, const struct 
   w->m.completed_unix = 0;
   w->m.digest = 0;
   w->cap = s->p.batch_rows;
-  w->buf_ids = malloc(w->cap * sizeof *w->buf_ids);
-  w->buf_logits = malloc(w->cap * m->n_tasks * sizeof *w->buf_logits);
-  if (!w->buf_ids || !w->buf_logits) goto fail_nomem_w;
+  w->pending = -1;
+  for (int b = 0; b < 2; b++) {
+    w->ids[b] = malloc(w->cap * sizeof *w->ids[b]);
+    w->logits[b] = malloc(w->cap * m->n_tasks * sizeof *w->logits[b]);
+    if (!w->ids[b] || !w->logits[b]) goto fail_nomem_w;
+  }
   if (s->ops->writer_begin(w, e) != KD_OK) goto fail_w;
+  if (pthread_mutex_init(&w->mu, NULL) != 0) goto fail_mu;
+  if (pthread_cond_init(&w->cv, NULL) != 0) goto fail_cv;
+  if (pthread_create(&w->thread, NULL, flush_main, w) != 0) goto fail_thread;
+  w->thread_started = 1;
   return w;
 
+fail_thread:
+  pthread_cond_destroy(&w->cv);
+fail_cv:
+  pthread_mutex_destroy(&w->mu);
+fail_mu:
+  s->ops->writer_end(w, 1);
+  kd_err_set(e, KD_ERR_NOMEM, "label version '%s': cannot start the writer's flush thread", m->version);
+  goto fail_w;
 fail_nomem_w:
   kd_err_set(e, KD_ERR_NOMEM, "label version '%s': out of memory for a %zu-row write buffer", m->version, w->cap);
 fail_w:
-  free(w->buf_ids);
-  free(w->buf_logits);
+  for (int b = 0; b < 2; b++) {
+    free(w->ids[b]);
+    free(w->logits[b]);
+  }
   free(w);
   return NULL;
 fail_nomem:
   kd_err_set(e, KD_ERR_NOMEM, "label version '%s': out of memory", m->version);
+  return NULL;
+}
+
+/* The flush thread: writes each buffer handed over, one transaction each, until told to stop.
+ * After an error it skips further buffers (the writer is failed anyway). */
+static void *flush_main(void *arg) {
+  kd_labelstore_writer *w = arg;
+  pthread_mutex_lock(&w->mu);
+  for (;;) {
+    while (w->pending < 0 && !w->stop) pthread_cond_wait(&w->cv, &w->mu);
+    if (w->pending < 0) break; /* stop, and nothing left */
+    int b = w->pending, skip = w->t_rc != 0;
+    size_t n = w->n_pending;
+    pthread_mutex_unlock(&w->mu);
+    struct kd_err err = {0};
+    int rc = skip ? KD_OK : w->s->ops->writer_flush(w, w->ids[b], w->logits[b], n, &err);
+    pthread_mutex_lock(&w->mu);
+    if (rc != KD_OK && w->t_rc == 0) {
+      w->t_rc = rc;
+      w->t_err = err;
+    }
+    w->pending = -1;
+    pthread_cond_broadcast(&w->cv);
+  }
+  pthread_mutex_unlock(&w->mu);
   return NULL;
 }
 
@@ -346,15 +390,30 @@ static int writer_failed(kd_labelstore_writer *w, struct kd_err *e) {
   return w->failed;
 }
 
-static int writer_flush(kd_labelstore_writer *w, struct kd_err *e) {
-  if (w->n_buf == 0) return KD_OK;
-  int rc = w->s->ops->writer_flush(w, w->buf_ids, w->buf_logits, w->n_buf, &w->fail_err);
-  w->n_buf = 0;
-  if (rc != KD_OK) {
-    w->failed = rc;
-    return writer_failed(w, e);
+/* Waits for the thread to be idle and takes over its error; the caller's thread only. */
+static void writer_wait_idle(kd_labelstore_writer *w) {
+  while (w->pending >= 0) pthread_cond_wait(&w->cv, &w->mu);
+  if (w->t_rc && !w->failed) {
+    w->failed = w->t_rc;
+    w->fail_err = w->t_err;
   }
-  return KD_OK;
+}
+
+/* Hands the filled buffer to the flush thread (waiting for the previous one first) and switches
+ * put to the other buffer. With wait, also waits until the thread has written it. */
+static int writer_submit(kd_labelstore_writer *w, int wait, struct kd_err *e) {
+  pthread_mutex_lock(&w->mu);
+  writer_wait_idle(w);
+  if (!w->failed && w->n_buf > 0) {
+    w->pending = w->fill;
+    w->n_pending = w->n_buf;
+    w->fill ^= 1;
+    pthread_cond_broadcast(&w->cv);
+    if (wait) writer_wait_idle(w);
+  }
+  pthread_mutex_unlock(&w->mu);
+  w->n_buf = 0;
+  return w->failed ? writer_failed(w, e) : KD_OK;
 }
 
 int kd_labelstore_writer_put(kd_labelstore_writer *w, int64_t example_id, const float *logits, struct kd_err *e) {
@@ -368,12 +427,12 @@ int kd_labelstore_writer_put(kd_labelstore_writer *w, int64_t example_id, const 
       return kd_err_set(e, KD_ERR_INVALID, "label version '%s': example %lld task '%s': logit is %s, expected a "
                         "finite value", w->m.version, (long long)example_id, w->m.tasks[k],
                         isnan(logits[k]) ? "NaN" : "infinite");
-  w->buf_ids[w->n_buf] = example_id;
-  logits_to_le(w->buf_logits + w->n_buf * nt, logits, nt);
+  w->ids[w->fill][w->n_buf] = example_id;
+  logits_to_le(w->logits[w->fill] + w->n_buf * nt, logits, nt);
   w->n_buf++;
   w->n_put++;
   w->digest += row_hash(example_id, logits, nt);
-  if (w->n_buf == w->cap) return writer_flush(w, e);
+  if (w->n_buf == w->cap) return writer_submit(w, 0, e);
   return KD_OK;
 }
 
@@ -383,7 +442,7 @@ int kd_labelstore_writer_commit(kd_labelstore_writer *w, struct kd_label_manifes
   if (w->failed) return writer_failed(w, e);
   if (w->committed)
     return kd_err_set(e, KD_ERR_INVALID, "%s: label version '%s' is already COMPLETE", w->s->display, w->m.version);
-  int rc = writer_flush(w, e);
+  int rc = writer_submit(w, 1, e); /* the thread is idle afterwards: the connection is ours */
   if (rc) return rc;
   if (w->m.row_count && w->m.row_count != w->n_put)
     return kd_err_set(e, KD_ERR_INVALID, "%s: label version '%s': %llu rows were put, the manifest declared %llu; "
@@ -398,9 +457,21 @@ int kd_labelstore_writer_commit(kd_labelstore_writer *w, struct kd_label_manifes
 
 void kd_labelstore_writer_free(kd_labelstore_writer *w) {
   if (!w) return;
+  if (w->thread_started) {
+    pthread_mutex_lock(&w->mu);
+    writer_wait_idle(w);
+    w->stop = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->thread, NULL);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+  }
   w->s->ops->writer_end(w, !w->committed);
-  free(w->buf_ids);
-  free(w->buf_logits);
+  for (int b = 0; b < 2; b++) {
+    free(w->ids[b]);
+    free(w->logits[b]);
+  }
   free(w);
 }
 

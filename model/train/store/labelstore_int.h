@@ -4,6 +4,8 @@
 #ifndef KD_LABELSTORE_INT_H
 #define KD_LABELSTORE_INT_H
 
+#include <pthread.h>
+
 #include "kdrank_labelstore.h"
 
 #define KD_LS_SCHEMA_VERSION 1
@@ -31,11 +33,23 @@ struct kd_labelstore_writer {
   uint32_t committed;
   int failed;                 /* kd_status of the first database error, 0 if none */
   struct kd_err fail_err;
-  /* buffer: (cap) ids and (cap, n_tasks) little-endian logits */
-  size_t n_buf, cap;
-  int64_t *buf_ids;
-  float *buf_logits;
+  /* Double buffering: put fills buffer `fill` while the flush thread writes the other one. */
+  size_t n_buf, cap;          /* rows in buffer `fill`; rows per buffer */
+  int64_t *ids[2];            /* (cap) */
+  float *logits[2];           /* (cap, n_tasks) little-endian */
+  int fill;
   void *impl;                 /* backend: connection, lock, statement */
+  /* The flush thread. It alone uses the backend connection while a buffer is pending; the caller
+   * uses it (commit, end) only once pending is -1. Fields below mu are guarded by it. */
+  pthread_t thread;
+  int thread_started;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int pending;                /* buffer handed to the thread, -1 if none */
+  size_t n_pending;
+  int stop;
+  int t_rc;                   /* the thread's first error */
+  struct kd_err t_err;
 };
 
 struct kd_labelstore_reader {
