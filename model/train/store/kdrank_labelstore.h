@@ -39,14 +39,16 @@
  *
  * Errors: functions return enum kd_status (KD_OK = 0, negative on error) and fill struct kd_err
  * (may be NULL) with a message naming the store, version, field, expected and found. Codes:
- *   KD_ERR_INVALID     bad argument, bad manifest, or a refused state change (version COMPLETE and
- *                      therefore immutable; version WRITING and therefore unreadable; version busy
- *                      with a live writer; store opened read-only)
+ *   KD_ERR_INVALID     bad argument, bad manifest, a database without the store's tables (read-
+ *                      only open), or a refused state change (version COMPLETE and therefore
+ *                      immutable; version WRITING and therefore unreadable; version busy with a
+ *                      live writer; store opened read-only)
  *   KD_ERR_NOT_FOUND   no such version / no such SQLite file (read-only open)
- *   KD_ERR_UNSUPPORTED bad URI scheme, or a store schema newer than this build
+ *   KD_ERR_UNSUPPORTED bad URI scheme, or a store schema version this build does not read
  *   KD_ERR_IO          the database failed (server unreachable, SQL error, disk full)
  *   KD_ERR_CORRUPT     stored content fails a check (blob size, count, digest, manifest fields)
- *   KD_ERR_NOMEM, KD_ERR_RANGE as usual.
+ *   KD_ERR_RANGE       params.batch_rows over 2^24
+ *   KD_ERR_NOMEM       out of memory
  *
  * Thread safety: writers and readers own their own database connection; each is used by one
  * thread at a time, and different ones may run in different threads and processes at once.
