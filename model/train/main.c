@@ -275,8 +275,8 @@ static int cmd_synth(int argc, char **argv) {
       .seed = kd_arg_u64(argc, argv, "--seed", 1),
       .n_train = kd_arg_u64(argc, argv, "--train", 200000),
       .n_test = kd_arg_u64(argc, argv, "--test", 50000),
-      .n_users = (uint32_t)kd_arg_u64(argc, argv, "--users", 5000),
-      .n_items = (uint32_t)kd_arg_u64(argc, argv, "--items", 2000),
+      .n_users = (uint32_t)kd_arg_u64(argc, argv, "--users", 2000),
+      .n_items = (uint32_t)kd_arg_u64(argc, argv, "--items", 1000),
       .domain = (int)kd_arg_u64(argc, argv, "--domain", 0),
   };
   const char *out = kd_arg(argc, argv, "--out", NULL);

@@ -73,12 +73,13 @@ static int kd_world_make(struct kd_world *w, const struct kd_synth_params *p) {
   struct kd_rng ur = {p->seed * 0x9E3779B97F4A7C15ull + 17};
   double acc = 0;
   for (uint32_t u = 0; u < w->nu; u++) {
-    for (int d = 0; d < KD_LAT; d++) w->ut[u * KD_LAT + d] = (float)(kd_rng_normal(&ur) / sqrt(KD_LAT) * 1.6);
-    w->ua[u] = (float)(0.6 * kd_rng_normal(&ur));
     w->uage[u] = (uint8_t)(kd_rng_u64(&ur) % 7);
     w->udev[u] = (uint8_t)(kd_rng_u64(&ur) % 4);
-    /* age shifts taste a little: a feature that carries signal for cold users */
-    w->ut[u * KD_LAT + 0] += 0.15f * ((float)w->uage[u] - 3.0f);
+    /* taste = the age segment's taste + an individual part: demographics carry signal */
+    struct kd_rng sr = {w->uage[u] * 6151ull + 3};
+    for (int d = 0; d < KD_LAT; d++)
+      w->ut[u * KD_LAT + d] = (float)((0.75 * kd_rng_normal(&sr) + 0.65 * kd_rng_normal(&ur)) / sqrt(KD_LAT) * 1.6);
+    w->ua[u] = (float)(0.6 * kd_rng_normal(&ur));
     acc += exp(w->ua[u]);
     w->ucdf[u] = acc;
   }
