@@ -59,6 +59,9 @@ struct kd_trainer {
   uint32_t n;
   double term_w[2 * KD_MAX_TASKS]; /* weight / labelled count of each term in this batch */
   int fwd_only;
+  double ss_part[16];             /* per worker: sum of squared gradients of its reduce share */
+  double lr_now;                  /* this step's learning rate */
+  float gscale;                   /* this step's gradient-norm clip factor (1: none) */
   /* thread pool */
   pthread_t th[16];
   pthread_mutex_t mu;
@@ -68,7 +71,7 @@ struct kd_trainer {
   int job, quit, pool_up;
 };
 
-enum { KD_JOB_FWDBWD = 1, KD_JOB_REDUCE = 2 };
+enum { KD_JOB_FWDBWD = 1, KD_JOB_REDUCE = 2, KD_JOB_UPDATE = 3 };
 
 static size_t kd_al(size_t n) { return (n + KD_ALIGN_F - 1) / KD_ALIGN_F * KD_ALIGN_F; }
 
@@ -129,20 +132,21 @@ static void kd_linear_fwd(const float *in, uint32_t m, uint32_t din, const float
 static void kd_act(const float *z, float *h, size_t n, float clip) {
   if (clip > 0) {
     for (size_t i = 0; i < n; i++) {
-      float v = z[i] > 0 ? z[i] : 0;
+      float v = z[i] > 0.0f ? z[i] : 0.0f;
       h[i] = v < clip ? v : clip;
     }
   } else {
-    for (size_t i = 0; i < n; i++) h[i] = z[i] > 0 ? z[i] : 0;
+    for (size_t i = 0; i < n; i++) h[i] = z[i] > 0.0f ? z[i] : 0.0f;
   }
 }
 
-/* dz = dh where the activation passes gradient (0 < z, z <= clip), else 0 (torch's relu/clamp). */
+/* dz = dh where the activation passes gradient (0 < z, z <= clip), else 0 (torch's relu/clamp).
+ * Written branch-free so the compiler vectorises it. */
 static void kd_act_bwd(const float *z, const float *dh, float *dz, size_t n, float clip) {
   if (clip > 0) {
-    for (size_t i = 0; i < n; i++) dz[i] = (z[i] > 0 && z[i] <= clip) ? dh[i] : 0.0f;
+    for (size_t i = 0; i < n; i++) dz[i] = (z[i] > 0.0f) & (z[i] <= clip) ? dh[i] : 0.0f;
   } else {
-    for (size_t i = 0; i < n; i++) dz[i] = z[i] > 0 ? dh[i] : 0.0f;
+    for (size_t i = 0; i < n; i++) dz[i] = z[i] > 0.0f ? dh[i] : 0.0f;
   }
 }
 
@@ -301,6 +305,8 @@ static void kd_reduce(struct kd_trainer *t, uint32_t tid) {
     const float *gw = t->ws[w].grad;
     for (uint64_t i = lo; i < hi; i++) g0[i] += gw[i];
   }
+  double ss = 0;
+  for (uint64_t i = lo; i < hi; i++) ss += (double)g0[i] * g0[i];
   /* embeddings: feature f by thread f % T, rows in shard order */
   const struct kd_table *tab = t->tab;
   for (uint32_t f = tid; f < t->a.n_features; f += t->T) {
@@ -324,6 +330,53 @@ static void kd_reduce(struct kd_trainer *t, uint32_t tid) {
         }
       }
     }
+    for (uint64_t r = 0; r < t->n_touched[f]; r++) {
+      const float *gr = eg + t->touched[f][r] * ft->dim;
+      for (uint32_t d = 0; d < ft->dim; d++) ss += (double)gr[d] * gr[d];
+    }
+  }
+  t->ss_part[tid] = ss;
+}
+
+static void kd_update_rows(struct kd_trainer *t, uint32_t f, double lr);
+static void kd_update_dense(struct kd_trainer *t, float *w, const float *g, float *s1, float *s2, size_t n,
+                            double lr, int matrix);
+static int kd_is_matrix(const struct kd_trainer *t, uint32_t i);
+
+/* The optimizer update, shared out: element slices of every dense tensor (Clippy: whole tensors,
+ * its scale is per tensor), embedding tables by feature. Each element is owned by one worker. */
+static void kd_update(struct kd_trainer *t, uint32_t tid) {
+  float *g0 = t->ws[0].grad;
+  double lr = t->lr_now;
+  for (uint32_t f = tid; f < t->a.n_features; f += t->T) {
+    if (!t->eg[f]) continue;
+    if (t->gscale != 1.0f) {
+      uint32_t dim = t->a.features[f].dim;
+      for (uint64_t r = 0; r < t->n_touched[f]; r++) {
+        float *gr = t->eg[f] + t->touched[f][r] * dim;
+        for (uint32_t d = 0; d < dim; d++) gr[d] *= t->gscale;
+      }
+    }
+    kd_update_rows(t, f, lr);
+  }
+  for (uint32_t i = 0; i < t->n_ten; i++) {
+    int is_emb = 0;
+    for (uint32_t f = 0; f < t->a.n_features; f++) is_emb |= t->emb_of[f] == (int32_t)i;
+    if (is_emb) continue;
+    struct kd_tensor_info inf;
+    kd_arch_tensor(&t->a, i, &inf);
+    uint64_t lo = 0, hi = inf.numel;
+    if (t->p.opt.kind == KD_OPT_CLIPPY) {
+      if (i % t->T != tid) continue;
+    } else {
+      lo = inf.numel * tid / t->T;
+      hi = inf.numel * (tid + 1) / t->T;
+    }
+    float *g = g0 + t->goff[i];
+    if (t->gscale != 1.0f)
+      for (uint64_t j = lo; j < hi; j++) g[j] *= t->gscale;
+    kd_update_dense(t, t->m->t[i] + lo, g + lo, t->s1[i] ? t->s1[i] + lo : NULL,
+                    t->s2[i] ? t->s2[i] + lo : NULL, hi - lo, lr, kd_is_matrix(t, i));
   }
 }
 
@@ -340,6 +393,8 @@ static void kd_run_job(struct kd_trainer *t, uint32_t tid) {
     if (!t->fwd_only) kd_shard_backward(t, w);
   } else if (t->job == KD_JOB_REDUCE) {
     kd_reduce(t, tid);
+  } else if (t->job == KD_JOB_UPDATE) {
+    kd_update(t, tid);
   }
 }
 
@@ -741,47 +796,17 @@ int kd_trainer_step(kd_trainer *t, const struct kd_table *tab, const uint64_t *r
   if (loss_out && !isfinite(*loss_out))
     return kd_err_set(e, KD_ERR_INVALID, "loss is %g at step %llu: lower the learning rate or clip "
                       "gradients (--grad-clip)", *loss_out, (unsigned long long)t->step);
-  double lr = kd_opt_lr_at(&t->p.opt, t->step);
+  t->lr_now = kd_opt_lr_at(&t->p.opt, t->step);
   t->step++;
-  /* global gradient norm (dense block + touched embedding rows) */
+  /* global gradient norm from the reduce shares, summed in worker order (deterministic) */
   double ss = 0;
-  float *g0 = t->ws[0].grad;
-  for (uint64_t i = 0; i < t->gsize; i++) ss += (double)g0[i] * g0[i];
-  for (uint32_t f = 0; f < t->a.n_features; f++) {
-    if (!t->eg[f]) continue;
-    uint32_t dim = t->a.features[f].dim;
-    for (uint64_t r = 0; r < t->n_touched[f]; r++) {
-      const float *gr = t->eg[f] + t->touched[f][r] * dim;
-      for (uint32_t d = 0; d < dim; d++) ss += (double)gr[d] * gr[d];
-    }
-  }
+  for (uint32_t w = 0; w < t->T; w++) ss += t->ss_part[w];
   t->last_norm = sqrt(ss);
+  t->gscale = 1.0f;
   if (t->p.opt.grad_clip > 0) {
     double c = t->p.opt.grad_clip / (t->last_norm + 1e-6); /* torch.nn.utils.clip_grad_norm_ */
-    if (c < 1) {
-      float cf = (float)c;
-      for (uint64_t i = 0; i < t->gsize; i++) g0[i] *= cf;
-      for (uint32_t f = 0; f < t->a.n_features; f++) {
-        if (!t->eg[f]) continue;
-        uint32_t dim = t->a.features[f].dim;
-        for (uint64_t r = 0; r < t->n_touched[f]; r++) {
-          float *gr = t->eg[f] + t->touched[f][r] * dim;
-          for (uint32_t d = 0; d < dim; d++) gr[d] *= cf;
-        }
-      }
-    }
+    if (c < 1) t->gscale = (float)c;
   }
-  for (uint32_t i = 0; i < t->n_ten; i++) {
-    int is_emb = 0;
-    for (uint32_t f = 0; f < t->a.n_features; f++)
-      if (t->emb_of[f] == (int32_t)i) {
-        kd_update_rows(t, f, lr);
-        is_emb = 1;
-      }
-    if (is_emb) continue;
-    struct kd_tensor_info inf;
-    kd_arch_tensor(&t->a, i, &inf);
-    kd_update_dense(t, t->m->t[i], g0 + t->goff[i], t->s1[i], t->s2[i], inf.numel, lr, kd_is_matrix(t, i));
-  }
+  kd_parallel(t, KD_JOB_UPDATE);
   return KD_OK;
 }
