@@ -1,8 +1,10 @@
 /* convert.c - converters from the public datasets to kdrank tables (TSV + schema), with a time
  * split. The data stays where it is; only the converted tables are written to the output dir.
  *   MovieLens 100K: like = rating >= 4 (binary), rating (regression); train before t = 889237269.
- *     context: user_id, age bucket, gender, occupation, zip prefix; candidate: item_id, genres
- *     (multi-valued), release year.
+ *     context: user_id, age bucket, gender, occupation, zip prefix, user_stats (train-period count
+ *     and smoothed like rate); candidate: item_id, genres (multi-valued), release year, item_stats
+ *     (count, smoothed like rate and mean rating). Statistics of a row come only from events strictly
+ *     earlier in time (as a server sees them), never from the row itself or later ones.
  *   KuaiRand-1K (random log): click, long_view (binary), play_time = play_time_ms / 1000 seconds
  *     (regression, log1p target); train before 2022-05-04. context: user_id, hour, weekday, tab;
  *     candidate: video_id, duration bucket, log duration (dense). */
@@ -54,6 +56,16 @@ struct kd_ml_item {
   int year;
   char genres[64];
 };
+struct kd_ml_row {
+  int u, i, r;
+  long long ts;
+  uint64_t line;
+};
+static int kd_ml_row_cmp(const void *a, const void *b) {
+  const struct kd_ml_row *x = a, *y = b;
+  if (x->ts != y->ts) return x->ts < y->ts ? -1 : 1;
+  return x->line < y->line ? -1 : (x->line > y->line);
+}
 
 int kd_convert_movielens(const char *src, const char *dir, struct kd_err *e) {
   char path[4200], line[4096];
@@ -135,26 +147,71 @@ int kd_convert_movielens(const char *src, const char *dir, struct kd_err *e) {
     rc = kd_err_set(e, KD_ERR_NOT_FOUND, "%s: cannot open: %s", path, strerror(errno));
     goto done;
   }
-  if ((rc = kd_open_out(dir, &tr, &te, e))) goto done;
-  const char *hdr = "id\tuser_id\tage\tgender\toccupation\tzip3\titem_id\tgenres\tyear\tlike\trating\n";
-  fputs(hdr, tr);
-  fputs(hdr, te);
+  /* read all ratings, then walk them in time order: a row's statistics (counts, smoothed like rate,
+   * mean rating of its user and item) come only from events strictly earlier in time, as a serving
+   * system would see them; its own label and anything at or after its timestamp never enter.
+   * Model weights are trained on train-period rows only. */
+  struct kd_ml_row *all = NULL;
+  size_t n_all = 0, cap_all = 0;
+  double *ic = calloc(4096, sizeof *ic), *il = calloc(4096, sizeof *il), *ir = calloc(4096, sizeof *ir);
+  double *uc = calloc(4096, sizeof *uc), *ul = calloc(4096, sizeof *ul), gl = 0, gr = 0, gn = 0;
+  if (!ic || !il || !ir || !uc || !ul) {
+    rc = kd_err_set(e, KD_ERR_NOMEM, "out of memory");
+    goto done_ml;
+  }
   ln = 0;
   while (fgets(line, sizeof line, f)) {
     ln++;
-    int u, i, r;
-    long long ts;
-    if (sscanf(line, "%d\t%d\t%d\t%lld", &u, &i, &r, &ts) != 4 || u < 1 || u >= 4096 || i < 1 || i >= 4096 ||
-        r < 1 || r > 5) {
+    struct kd_ml_row row;
+    if (sscanf(line, "%d\t%d\t%d\t%lld", &row.u, &row.i, &row.r, &row.ts) != 4 || row.u < 1 || row.u >= 4096 ||
+        row.i < 1 || row.i >= 4096 || row.r < 1 || row.r > 5) {
       rc = kd_err_set(e, KD_ERR_INVALID, "%s:%llu: expected user item rating(1-5) time", path,
                       (unsigned long long)ln);
-      goto done;
+      goto done_ml;
     }
-    FILE *o = ts < KD_ML_SPLIT ? tr : te;
-    fprintf(o, "%llu\t%d\t%d\t%d\t%lld\t%lld\t%d\t%s\t%d\t%d\t%d\n", (unsigned long long)ln, u,
-            users[u].age, users[u].gender, (long long)users[u].occ, (long long)users[u].zip, i,
-            items[i].genres, items[i].year, r >= 4, r);
+    row.line = ln;
+    if (n_all == cap_all) {
+      cap_all = cap_all ? cap_all * 2 : 4096;
+      struct kd_ml_row *na = realloc(all, cap_all * sizeof *na);
+      if (!na) {
+        rc = kd_err_set(e, KD_ERR_NOMEM, "out of memory");
+        goto done_ml;
+      }
+      all = na;
+    }
+    all[n_all++] = row;
   }
+  qsort(all, n_all, sizeof *all, kd_ml_row_cmp);
+  if ((rc = kd_open_out(dir, &tr, &te, e))) goto done_ml;
+  const char *hdr = "id\tuser_id\tage\tgender\toccupation\tzip3\tuser_stats\titem_id\tgenres\tyear"
+                    "\titem_stats\tlike\trating\n";
+  fputs(hdr, tr);
+  fputs(hdr, te);
+  const double m = 5.0;
+  for (size_t g0 = 0, g1; g0 < n_all; g0 = g1) {
+    /* one group of equal timestamps: write all its rows, then add them to the statistics */
+    for (g1 = g0; g1 < n_all && all[g1].ts == all[g0].ts; g1++) {
+      const struct kd_ml_row *w = &all[g1];
+      int u = w->u, i = w->i, r = w->r;
+      double pl = gn ? gl / gn : 0.55, pr = gn ? gr / gn : 3.5;
+      fprintf(w->ts < KD_ML_SPLIT ? tr : te,
+              "%llu\t%d\t%d\t%d\t%lld\t%lld\t%.4f,%.4f\t%d\t%s\t%d\t%.4f,%.4f,%.4f\t%d\t%d\n",
+              (unsigned long long)w->line, u, users[u].age, users[u].gender, (long long)users[u].occ,
+              (long long)users[u].zip, log1p(uc[u]) / 6.0, (ul[u] + m * pl) / (uc[u] + m) - pl, i,
+              items[i].genres, items[i].year, log1p(ic[i]) / 6.0, (il[i] + m * pl) / (ic[i] + m) - pl,
+              (ir[i] + m * pr) / (ic[i] + m) - pr, r >= 4, r);
+    }
+    for (size_t q = g0; q < g1; q++) {
+      int u = all[q].u, i = all[q].i, r = all[q].r;
+      ic[i] += 1; il[i] += r >= 4; ir[i] += r;
+      uc[u] += 1; ul[u] += r >= 4;
+      gl += r >= 4; gr += r; gn += 1;
+    }
+  }
+done_ml:
+  free(all);
+  free(ic); free(il); free(ir); free(uc); free(ul);
+  if (rc) goto done;
   rc = kd_close_out(tr, te, dir, e);
   tr = te = NULL;
   if (rc) goto done;
@@ -166,9 +223,11 @@ int kd_convert_movielens(const char *src, const char *dir, struct kd_err *e) {
   kd_sf(&s, "gender", KD_FEAT_SPARSE, KD_GROUP_CONTEXT, 2, 4);
   kd_sf(&s, "occupation", KD_FEAT_SPARSE, KD_GROUP_CONTEXT, 4, 64);
   kd_sf(&s, "zip3", KD_FEAT_SPARSE, KD_GROUP_CONTEXT, 4, 2048);
+  kd_sf(&s, "user_stats", KD_FEAT_DENSE, KD_GROUP_CONTEXT, 2, 0);
   kd_sf(&s, "item_id", KD_FEAT_SPARSE, KD_GROUP_CANDIDATE, 16, 8192);
   kd_sf(&s, "genres", KD_FEAT_SPARSE, KD_GROUP_CANDIDATE, 8, 64);
   kd_sf(&s, "year", KD_FEAT_SPARSE, KD_GROUP_CANDIDATE, 4, 256);
+  kd_sf(&s, "item_stats", KD_FEAT_DENSE, KD_GROUP_CANDIDATE, 3, 0);
   kd_st(&s, "like", KD_TASK_BINARY, KD_XFORM_IDENTITY);
   kd_st(&s, "rating", KD_TASK_REGRESSION, KD_XFORM_IDENTITY);
   snprintf(path, sizeof path, "%s/schema.json", dir);

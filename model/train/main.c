@@ -67,7 +67,8 @@ static void kd_usage(void) {
           "  synth   --out DIR [--train N] [--test N] [--users N] [--items N] [--seed S] [--domain 0|1]\n"
           "  convert movielens|kuairand --src DIR --out DIR\n"
           "  fit     --train F --schema F [--test F] [--out F] ... (fit --help lists all flags)\n"
-          "  baseline --train F --test F --schema F --feature NAME --task NAME   popularity baseline AUC\n"
+          "  baseline --train F --test F --schema F --feature NAME --task NAME [--index I]\n"
+          "          popularity baseline AUC (sparse feature: its train positive rate; dense: column I)\n"
           "  publish FILE --repo DIR --model NAME\n");
 }
 
@@ -323,9 +324,26 @@ static int cmd_baseline(int argc, char **argv) {
       kd_table_load(tep, &s, lp, &te, NULL, &e))
     die(&e);
   int f = kd_arch_find_feature(&s.arch, fname), k = kd_arch_find_task(&s.arch, tname);
-  if (f < 0 || k < 0 || s.arch.features[f].kind != KD_FEAT_SPARSE) {
-    kd_err_set(&e, KD_ERR_NOT_FOUND, "baseline: need a sparse feature '%s' and a task '%s'", fname, tname);
+  if (f < 0 || k < 0) {
+    kd_err_set(&e, KD_ERR_NOT_FOUND, "baseline: need a feature '%s' and a task '%s'", fname, tname);
     die(&e);
+  }
+  if (s.arch.features[f].kind == KD_FEAT_DENSE) {
+    /* score = one column of a dense feature (e.g. a precomputed rate) */
+    uint32_t col = (uint32_t)kd_arg_u64(argc, argv, "--index", 0), dim = s.arch.features[f].dim;
+    float *sc = malloc(te.n * sizeof *sc), *lb = malloc(te.n * sizeof *lb);
+    if (!sc || !lb || col >= dim) return 1;
+    for (uint64_t i = 0; i < te.n; i++) {
+      sc[i] = te.cols[f].dense[i * dim + col];
+      lb[i] = te.labels[i * te.n_tasks + (uint32_t)k];
+    }
+    printf("baseline (%s by %s[%u]): test AUC %.4f over %llu rows\n", tname, fname, col, kd_auc(sc, lb, te.n),
+           (unsigned long long)te.n);
+    free(sc);
+    free(lb);
+    kd_table_free(&tr);
+    kd_table_free(&te);
+    return 0;
   }
   uint64_t rows = s.arch.features[f].rows;
   double *pos = calloc(rows, sizeof *pos), *cnt = calloc(rows, sizeof *cnt), sp_ = 0, sn = 0;
