@@ -200,7 +200,9 @@ struct kd_train_params {
 };
 typedef struct kd_trainer kd_trainer;
 
-/* Creates a trainer over model m (borrowed; trained in place; must outlive the trainer). */
+/* Creates a trainer over model m (borrowed; trained in place; must outlive the trainer).
+ * The trainer caches the hashed embedding rows of the last two tables it was given (by address,
+ * row count and fingerprint): a table must not be modified while a trainer uses it. */
 kd_trainer *kd_trainer_create(struct kd_model *m, const struct kd_train_params *p, struct kd_err *e);
 void kd_trainer_free(kd_trainer *t);
 /* Forward + backward on rows[0..n) of tab, leaving gradients (no update). loss_out (may be NULL)

@@ -48,6 +48,15 @@ struct kd_trainer {
   uint32_t *stamp[KD_MAX_FEATURES]; /* (rows) grad call that last touched the row */
   uint64_t *touched[KD_MAX_FEATURES], n_touched[KD_MAX_FEATURES], touched_cap[KD_MAX_FEATURES];
   uint32_t gen;                   /* grad call counter (stamps) */
+  /* hashed embedding rows of the tables in use (two slots: e.g. train and test), so ids are hashed
+   * once per table, not once per step; keyed by table address, size and fingerprint */
+  struct kd_rowcache {
+    const struct kd_table *tab;
+    uint64_t n, fp, use;
+    uint64_t *rows[KD_MAX_FEATURES]; /* (off[n]) kd_hash_row of each id */
+  } rc[2];
+  uint64_t rc_clock;
+  uint64_t *const *hrows;         /* rows[] of the current table */
   /* optimizer state: same layout as the model's tensors */
   float *s1[KD_MAX_FEATURES + 2 * KD_MAX_LAYERS + 2 * KD_MAX_TASKS * (KD_MAX_LAYERS + 1)];
   float *s2[KD_MAX_FEATURES + 2 * KD_MAX_LAYERS + 2 * KD_MAX_TASKS * (KD_MAX_LAYERS + 1)];
@@ -142,11 +151,18 @@ static void kd_act(const float *z, float *h, size_t n, float clip) {
 
 /* dz = dh where the activation passes gradient (0 < z, z <= clip), else 0 (torch's relu/clamp).
  * Written branch-free so the compiler vectorises it. */
-static void kd_act_bwd(const float *z, const float *dh, float *dz, size_t n, float clip) {
+static void kd_act_bwd(const float *restrict z, const float *restrict dh, float *restrict dz, size_t n,
+                       float clip) {
   if (clip > 0) {
-    for (size_t i = 0; i < n; i++) dz[i] = (z[i] > 0.0f) & (z[i] <= clip) ? dh[i] : 0.0f;
+    for (size_t i = 0; i < n; i++) {
+      float d = dh[i]; /* loaded unconditionally so the select vectorises */
+      dz[i] = (z[i] > 0.0f) & (z[i] <= clip) ? d : 0.0f;
+    }
   } else {
-    for (size_t i = 0; i < n; i++) dz[i] = z[i] > 0.0f ? dh[i] : 0.0f;
+    for (size_t i = 0; i < n; i++) {
+      float d = dh[i];
+      dz[i] = z[i] > 0.0f ? d : 0.0f;
+    }
   }
 }
 
@@ -181,8 +197,9 @@ static void kd_fill_x(struct kd_trainer *t, struct kd_ws *w) {
       uint64_t a = tab->cols[f].off[r], b = tab->cols[f].off[r + 1];
       if (a == b) continue;
       const float *emb = t->m->t[t->emb_of[f]];
+      const uint64_t *hr = t->hrows[f];
       for (uint64_t q = a; q < b; q++) {
-        const float *er = emb + kd_hash_row(tab->cols[f].ids[q], ft->rows) * ft->dim;
+        const float *er = emb + hr[q] * ft->dim;
         for (uint32_t d = 0; d < ft->dim; d++) dst[d] += er[d];
       }
       float inv = 1.0f / (float)(b - a);
@@ -322,7 +339,7 @@ static void kd_reduce(struct kd_trainer *t, uint32_t tid) {
         const float *dx = ws->dx + (size_t)i * t->in0 + t->xo[f];
         float inv = 1.0f / (float)(b - a);
         for (uint64_t q = a; q < b; q++) {
-          uint64_t row = kd_hash_row(tab->cols[f].ids[q], ft->rows);
+          uint64_t row = t->hrows[f][q];
           float *dst = eg + row * ft->dim;
           if (t->stamp[f][row] != t->gen) memset(dst, 0, ft->dim * sizeof(float));
           kd_touch(t, f, row);
@@ -474,6 +491,8 @@ void kd_trainer_free(kd_trainer *t) {
     free(ws->grad);
   }
   for (uint32_t f = 0; f < KD_MAX_FEATURES; f++) {
+    free(t->rc[0].rows[f]);
+    free(t->rc[1].rows[f]);
     free(t->eg[f]);
     free(t->stamp[f]);
     free(t->touched[f]);
@@ -622,6 +641,35 @@ nomem:
 }
 
 /* ---------------------------------------------------------------- batch entry points */
+/* Points t->hrows at the hashed rows of tab, computing them on first use (least recently used slot). */
+static int kd_use_table(kd_trainer *t, const struct kd_table *tab, struct kd_err *e) {
+  struct kd_rowcache *c = NULL;
+  for (int i = 0; i < 2; i++)
+    if (t->rc[i].tab == tab && t->rc[i].n == tab->n && t->rc[i].fp == tab->fingerprint) c = &t->rc[i];
+  if (!c) {
+    c = t->rc[0].use <= t->rc[1].use ? &t->rc[0] : &t->rc[1];
+    for (uint32_t f = 0; f < KD_MAX_FEATURES; f++) {
+      free(c->rows[f]);
+      c->rows[f] = NULL;
+    }
+    c->tab = NULL;
+    for (uint32_t f = 0; f < t->a.n_features; f++) {
+      const struct kd_feature *ft = &t->a.features[f];
+      if (ft->kind != KD_FEAT_SPARSE) continue;
+      uint64_t nid = tab->cols[f].off[tab->n];
+      c->rows[f] = malloc((nid ? nid : 1) * sizeof(uint64_t));
+      if (!c->rows[f]) return kd_err_set(e, KD_ERR_NOMEM, "out of memory hashing %llu ids", (unsigned long long)nid);
+      for (uint64_t q = 0; q < nid; q++) c->rows[f][q] = kd_hash_row(tab->cols[f].ids[q], ft->rows);
+    }
+    c->tab = tab;
+    c->n = tab->n;
+    c->fp = tab->fingerprint;
+  }
+  c->use = ++t->rc_clock;
+  t->hrows = c->rows;
+  return KD_OK;
+}
+
 static int kd_check_rows(kd_trainer *t, const struct kd_table *tab, const uint64_t *rows, uint64_t n,
                          struct kd_err *e) {
   if (tab->n_features != t->a.n_features || tab->n_tasks != t->a.n_tasks)
@@ -631,7 +679,7 @@ static int kd_check_rows(kd_trainer *t, const struct kd_table *tab, const uint64
     if (rows[i] >= tab->n)
       return kd_err_set(e, KD_ERR_RANGE, "row %llu out of the table's %llu", (unsigned long long)rows[i],
                         (unsigned long long)tab->n);
-  return KD_OK;
+  return kd_use_table(t, tab, e);
 }
 
 static void kd_shard(kd_trainer *t, const uint64_t *rows, uint32_t n) {
@@ -739,12 +787,12 @@ static void kd_update_dense(struct kd_trainer *t, float *w, const float *g, floa
   switch (o->kind) {
   case KD_OPT_ADAM: {
     double bc1 = 1.0 - pow(o->beta1, (double)t->step), bc2 = 1.0 - pow(o->beta2, (double)t->step);
-    float step = (float)(lr / bc1), sbc2 = (float)sqrt(bc2);
+    float step = (float)(lr / bc1), sbc2 = (float)sqrt(bc2), eps = o->eps;
     float b1 = o->beta1, b2 = o->beta2;
     for (size_t i = 0; i < n; i++) {
       s1[i] = b1 * s1[i] + (1 - b1) * g[i];
       s2[i] = b2 * s2[i] + (1 - b2) * g[i] * g[i];
-      w[i] -= step * s1[i] / (sqrtf(s2[i]) / sbc2 + o->eps);
+      w[i] -= step * s1[i] / (sqrtf(s2[i]) / sbc2 + eps);
     }
     break;
   }
