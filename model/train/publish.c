@@ -86,7 +86,8 @@ int kd_publish(const char *file, const char *repo, const char *model, uint64_t *
   for (int attempt = 0; attempt < 100; attempt++) {
     uint64_t v = kd_max_version(mdir) + 1;
     snprintf(final, sizeof final, "%s/%llu", mdir, (unsigned long long)v);
-    /* rename(2) of a directory onto an existing non-empty one fails: another publisher won */
+    /* rename(2) of a directory onto an existing non-empty one fails (EEXIST/ENOTEMPTY): versions
+     * are only ever created by this rename, so an existing N is a complete one */
     if (rename(tmp, final) == 0) {
       kd_fsync_dir(mdir);
       if (version_out) *version_out = v;
@@ -96,7 +97,7 @@ int kd_publish(const char *file, const char *repo, const char *model, uint64_t *
       rc = kd_err_set(e, KD_ERR_IO, "%s -> %s: rename failed: %s", tmp, final, strerror(errno));
       goto fail;
     }
-    /* an empty directory with that name would be replaced silently; guard with mkdir first */
+    /* another publisher took version v in the meantime: look again */
   }
   rc = kd_err_set(e, KD_ERR_IO, "%s: could not claim a version after 100 attempts", mdir);
 fail:

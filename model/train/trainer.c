@@ -56,6 +56,7 @@ struct kd_trainer {
     uint64_t *rows[KD_MAX_FEATURES]; /* (off[n]) kd_hash_row of each id */
   } rc[2];
   uint64_t rc_clock;
+  int oom;                        /* a touched-row list could not grow during this step */
   uint64_t *const *hrows;         /* rows[] of the current table */
   /* optimizer state: same layout as the model's tensors */
   float *s1[KD_MAX_FEATURES + 2 * KD_MAX_LAYERS + 2 * KD_MAX_TASKS * (KD_MAX_LAYERS + 1)];
@@ -307,7 +308,10 @@ static void kd_touch(struct kd_trainer *t, uint32_t f, uint64_t row) {
     /* capacity was sized for the largest batch's ids; grow defensively */
     uint64_t nc = t->touched_cap[f] * 2 + 64;
     uint64_t *np = realloc(t->touched[f], nc * sizeof *np);
-    if (!np) abort(); /* invariant: sized at create for max_batch rows; cannot recover mid-step */
+    if (!np) { /* reported by kd_trainer_grad; the row's gradient is still accumulated */
+      t->oom = 1;
+      return;
+    }
     t->touched[f] = np;
     t->touched_cap[f] = nc;
   }
@@ -721,8 +725,10 @@ int kd_trainer_grad(kd_trainer *t, const struct kd_table *tab, const uint64_t *r
     t->term_w[q] = cnt ? lt->weight / (double)cnt : 0.0;
   }
   kd_shard(t, rows, n);
+  t->oom = 0;
   kd_parallel(t, KD_JOB_FWDBWD);
   kd_parallel(t, KD_JOB_REDUCE);
+  if (t->oom) return kd_err_set(e, KD_ERR_NOMEM, "out of memory tracking touched embedding rows");
   double total = 0;
   for (uint32_t q = 0; q < t->p.n_loss; q++) {
     double s = 0;

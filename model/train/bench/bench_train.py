@@ -9,8 +9,10 @@ ratio, and the click test AUC of both after that epoch (equal quality check).
 PyTorch's time excludes assembling batches (they are built before timing); kdrank's includes
 everything inside its step (embedding gather from the table).
 
+Both start from the same initialisation scheme (the model core's); each figure is the best of
+--reps alternating runs.
 usage: /usr/bin/python3 model/train/bench/bench_train.py --trainer build/model/train/kdrank-train
-       [--rows 100000] [--batch 512] [--shapes ref-student,ref-teacher-2x] [--threads 1,2]
+       [--rows 100000] [--batch 512] [--shapes ref-student,ref-teacher-2x] [--threads 1,2] [--reps 2]
 """
 import argparse
 import json
@@ -21,9 +23,13 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-import torch
-import torch.nn as nn
+# PyTorch's OpenMP workers spin while waiting by default; on a shared machine that collapses its
+# 2-thread throughput. PASSIVE makes them sleep instead: the setting most favourable to PyTorch here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402,F401
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "tests", "trainer"))
@@ -93,6 +99,17 @@ def run_torch(tr, te, man, threads, batch, seed=1):
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     net = torch_ref.Net(man)
+    # the model core's initialisation scheme (kd_model_init_random): He-uniform weights, N(0, 0.05)
+    # embeddings, U(-0.05, 0.05) biases, so both start from the same distribution
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.startswith("embs."):
+                p.normal_(0.0, 0.05)
+            elif p.dim() == 2:
+                lim = (6.0 / p.shape[1]) ** 0.5
+                p.uniform_(-lim, lim)
+            else:
+                p.uniform_(-0.05, 0.05)
     opts = torch_ref.optimizers(man, net)
     rng = np.random.default_rng(seed)
     perm = rng.permutation(tr.n)
@@ -121,6 +138,7 @@ def main():
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--shapes", default="ref-student,ref-teacher-2x")
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--reps", type=int, default=2)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as ddir:
         subprocess.run([a.trainer, "synth", "--out", ddir, "--train", str(a.rows), "--test", "20000",
@@ -137,10 +155,14 @@ def main():
             man = {"features": feats, "tasks": tasks, "shared": sh, "tower": tw, "act_clip": 0.0,
                    "opt": "adam", "lr": 0.002, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
             for t in [int(x) for x in a.threads.split(",")]:
-                kr, ka, _ = run_kdrank(a.trainer, ddir, shape, t, a.batch)
-                tr_rate, ta = run_torch(tr, te, man, t, a.batch)
-                print(f"{shape:16} {t:>3} {kr:>12.0f} {tr_rate:>11.0f} {kr / tr_rate:>6.2f} {ka:>10.4f} {ta:>10.4f}",
-                      flush=True)
+                # alternate the two trainers and keep each one's best of --reps runs: the machine is shared
+                kbest, tbest = (0, 0), (0, 0)
+                for _ in range(a.reps):
+                    kr, ka, _ = run_kdrank(a.trainer, ddir, shape, t, a.batch)
+                    tr_rate, ta = run_torch(tr, te, man, t, a.batch)
+                    kbest, tbest = max(kbest, (kr, ka)), max(tbest, (tr_rate, ta))
+                print(f"{shape:16} {t:>3} {kbest[0]:>12.0f} {tbest[0]:>11.0f} {kbest[0] / tbest[0]:>6.2f} "
+                      f"{kbest[1]:>10.4f} {tbest[1]:>10.4f}", flush=True)
 
 
 if __name__ == "__main__":
