@@ -186,7 +186,8 @@ double kd_clippy_scale(const float *delta, size_t n, const float *ref0, float f0
 /* One Clippy step on a dense tensor (w, acc, g of n floats); returns the scale used. */
 double kd_clippy_step(float *w, float *acc, const float *g, size_t n, float lr,
                       const struct kd_opt_params *p);
-/* The same on the given rows of a (rows x dim) table; g holds n_rows x dim gradients. */
+/* The same on the given rows of a (rows x dim) table; g holds n_rows x dim gradients, compact:
+ * the gradient of rows[r] is g[r*dim .. r*dim+dim). The scale is taken over these rows only. */
 double kd_clippy_step_rows(float *w, float *acc, const float *g, const uint64_t *rows, size_t n_rows,
                            uint32_t dim, float lr, const struct kd_opt_params *p);
 
@@ -210,8 +211,8 @@ void kd_trainer_free(kd_trainer *t);
 int kd_trainer_grad(kd_trainer *t, const struct kd_table *tab, const uint64_t *rows, uint32_t n,
                     double *loss_out, double *task_loss, struct kd_err *e);
 /* The gradient of tensor i (kd_arch_tensor order) after kd_trainer_grad: dense, full shape
- * (embedding rows not touched are 0). */
-const float *kd_trainer_grad_tensor(const kd_trainer *t, uint32_t i);
+ * (embedding rows not touched are 0; an embedding's full table is built on request). */
+const float *kd_trainer_grad_tensor(kd_trainer *t, uint32_t i);
 /* kd_trainer_grad then one optimizer update. */
 int kd_trainer_step(kd_trainer *t, const struct kd_table *tab, const uint64_t *rows, uint32_t n,
                     double *loss_out, double *task_loss, struct kd_err *e);

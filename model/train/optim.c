@@ -90,9 +90,10 @@ double kd_clippy_step_rows(float *w, float *acc, const float *g, const uint64_t 
   double s = 1.0;
   for (size_t r = 0; r < n_rows; r++) {
     size_t at = rows[r] * dim;
+    const float *gr = g + r * dim;
     for (uint32_t d = 0; d < dim; d++) {
       double P = 1.0 / sqrt((double)acc[at + d] + p->clippy_eps);
-      double dl = (double)lr * g[at + d] * P;
+      double dl = (double)lr * gr[d] * P;
       if (dl == 0.0) continue;
       double mx = p->clippy_rel * fabs((double)w[at + d]) + p->clippy_acc * P + p->clippy_abs;
       double q = mx / fabs(dl);
@@ -101,11 +102,12 @@ double kd_clippy_step_rows(float *w, float *acc, const float *g, const uint64_t 
   }
   for (size_t r = 0; r < n_rows; r++) {
     size_t at = rows[r] * dim;
+    const float *gr = g + r * dim;
     for (uint32_t d = 0; d < dim; d++) {
       double P = 1.0 / sqrt((double)acc[at + d] + p->clippy_eps);
-      double dl = (double)lr * g[at + d] * P;
+      double dl = (double)lr * gr[d] * P;
       w[at + d] = (float)((double)w[at + d] - s * dl);
-      double gu = p->clippy_clip_acc ? s * g[at + d] : g[at + d];
+      double gu = p->clippy_clip_acc ? s * gr[d] : gr[d];
       acc[at + d] = (float)((double)acc[at + d] + gu * gu);
     }
   }

@@ -44,8 +44,11 @@ struct kd_trainer {
   uint64_t gsize;                 /* floats in a dense gradient block */
   struct kd_ws ws[16];
   /* embedding gradients: full tables, only touched rows non-zero */
-  float *eg[KD_MAX_FEATURES];     /* (rows, dim) */
+  /* embedding gradients, compact: slot s of feature f holds the gradient of row touched[f][s] */
+  float *cg[KD_MAX_FEATURES];     /* (touched_cap, dim) */
   uint32_t *stamp[KD_MAX_FEATURES]; /* (rows) grad call that last touched the row */
+  uint32_t *slot[KD_MAX_FEATURES];  /* (rows) the row's slot in this grad call (valid if stamped) */
+  float *eg[KD_MAX_FEATURES];     /* (rows, dim) full-shape copy, built only for kd_trainer_grad_tensor */
   uint64_t *touched[KD_MAX_FEATURES], n_touched[KD_MAX_FEATURES], touched_cap[KD_MAX_FEATURES];
   uint32_t gen;                   /* grad call counter (stamps) */
   /* hashed embedding rows of the tables in use (two slots: e.g. train and test), so ids are hashed
@@ -301,21 +304,30 @@ static void kd_shard_backward(struct kd_trainer *t, struct kd_ws *w) {
 }
 
 /* ---------------------------------------------------------------- reduction */
-static void kd_touch(struct kd_trainer *t, uint32_t f, uint64_t row) {
-  if (t->stamp[f][row] == t->gen) return;
-  t->stamp[f][row] = t->gen;
+/* The compact gradient row of (feature f, row) for this grad call, zeroed when first touched;
+ * NULL when the slot list cannot grow (reported by kd_trainer_grad). */
+static float *kd_touch(struct kd_trainer *t, uint32_t f, uint64_t row) {
+  uint32_t dim = t->a.features[f].dim;
+  if (t->stamp[f][row] == t->gen) return t->cg[f] + (size_t)t->slot[f][row] * dim;
   if (t->n_touched[f] == t->touched_cap[f]) {
-    /* capacity was sized for the largest batch's ids; grow defensively */
     uint64_t nc = t->touched_cap[f] * 2 + 64;
     uint64_t *np = realloc(t->touched[f], nc * sizeof *np);
-    if (!np) { /* reported by kd_trainer_grad; the row's gradient is still accumulated */
+    if (np) t->touched[f] = np;
+    float *ng = np ? realloc(t->cg[f], nc * dim * sizeof *ng) : NULL;
+    if (!ng) {
       t->oom = 1;
-      return;
+      return NULL;
     }
-    t->touched[f] = np;
+    t->cg[f] = ng;
     t->touched_cap[f] = nc;
   }
-  t->touched[f][t->n_touched[f]++] = row;
+  uint64_t s = t->n_touched[f]++;
+  t->stamp[f][row] = t->gen;
+  t->slot[f][row] = (uint32_t)s;
+  t->touched[f][s] = row;
+  float *dst = t->cg[f] + s * dim;
+  memset(dst, 0, dim * sizeof(float));
+  return dst;
 }
 
 static void kd_reduce(struct kd_trainer *t, uint32_t tid) {
@@ -333,7 +345,6 @@ static void kd_reduce(struct kd_trainer *t, uint32_t tid) {
   for (uint32_t f = tid; f < t->a.n_features; f += t->T) {
     const struct kd_feature *ft = &t->a.features[f];
     if (ft->kind != KD_FEAT_SPARSE) continue;
-    float *eg = t->eg[f];
     for (uint32_t w = 0; w < t->T; w++) {
       const struct kd_ws *ws = &t->ws[w];
       for (uint32_t i = 0; i < ws->m; i++) {
@@ -343,18 +354,14 @@ static void kd_reduce(struct kd_trainer *t, uint32_t tid) {
         const float *dx = ws->dx + (size_t)i * t->in0 + t->xo[f];
         float inv = 1.0f / (float)(b - a);
         for (uint64_t q = a; q < b; q++) {
-          uint64_t row = t->hrows[f][q];
-          float *dst = eg + row * ft->dim;
-          if (t->stamp[f][row] != t->gen) memset(dst, 0, ft->dim * sizeof(float));
-          kd_touch(t, f, row);
+          float *dst = kd_touch(t, f, t->hrows[f][q]);
+          if (!dst) return;
           for (uint32_t d = 0; d < ft->dim; d++) dst[d] += dx[d] * inv;
         }
       }
     }
-    for (uint64_t r = 0; r < t->n_touched[f]; r++) {
-      const float *gr = eg + t->touched[f][r] * ft->dim;
-      for (uint32_t d = 0; d < ft->dim; d++) ss += (double)gr[d] * gr[d];
-    }
+    const float *gr = t->cg[f];
+    for (uint64_t j = 0; j < t->n_touched[f] * ft->dim; j++) ss += (double)gr[j] * gr[j];
   }
   t->ss_part[tid] = ss;
 }
@@ -370,13 +377,10 @@ static void kd_update(struct kd_trainer *t, uint32_t tid) {
   float *g0 = t->ws[0].grad;
   double lr = t->lr_now;
   for (uint32_t f = tid; f < t->a.n_features; f += t->T) {
-    if (!t->eg[f]) continue;
+    if (!t->cg[f]) continue;
     if (t->gscale != 1.0f) {
-      uint32_t dim = t->a.features[f].dim;
-      for (uint64_t r = 0; r < t->n_touched[f]; r++) {
-        float *gr = t->eg[f] + t->touched[f][r] * dim;
-        for (uint32_t d = 0; d < dim; d++) gr[d] *= t->gscale;
-      }
+      float *gr = t->cg[f];
+      for (uint64_t j = 0; j < t->n_touched[f] * t->a.features[f].dim; j++) gr[j] *= t->gscale;
     }
     kd_update_rows(t, f, lr);
   }
@@ -498,6 +502,8 @@ void kd_trainer_free(kd_trainer *t) {
     free(t->rc[0].rows[f]);
     free(t->rc[1].rows[f]);
     free(t->eg[f]);
+    free(t->cg[f]);
+    free(t->slot[f]);
     free(t->stamp[f]);
     free(t->touched[f]);
   }
@@ -593,11 +599,12 @@ kd_trainer *kd_trainer_create(struct kd_model *m, const struct kd_train_params *
   for (uint32_t f = 0; f < a->n_features; f++) {
     const struct kd_feature *ft = &a->features[f];
     if (ft->kind != KD_FEAT_SPARSE) continue;
-    t->eg[f] = kd_falloc(ft->rows * ft->dim);
     t->stamp[f] = calloc(ft->rows, sizeof(uint32_t));
+    t->slot[f] = calloc(ft->rows, sizeof(uint32_t));
     t->touched_cap[f] = 4096;
     t->touched[f] = malloc(t->touched_cap[f] * sizeof(uint64_t));
-    if (!t->eg[f] || !t->stamp[f] || !t->touched[f]) goto nomem;
+    t->cg[f] = malloc(t->touched_cap[f] * ft->dim * sizeof(float));
+    if (!t->stamp[f] || !t->slot[f] || !t->touched[f] || !t->cg[f]) goto nomem;
   }
   /* optimizer state */
   for (uint32_t i = 0; i < t->n_ten; i++) {
@@ -700,14 +707,8 @@ int kd_trainer_grad(kd_trainer *t, const struct kd_table *tab, const uint64_t *r
     return kd_err_set(e, KD_ERR_RANGE, "batch of %u rows, expected 1..%u", n, t->p.max_batch);
   int rc = kd_check_rows(t, tab, rows, n, e);
   if (rc) return rc;
-  /* clear the previous step's embedding gradients */
-  for (uint32_t f = 0; f < t->a.n_features; f++) {
-    if (!t->eg[f]) continue;
-    uint32_t dim = t->a.features[f].dim;
-    for (uint64_t i = 0; i < t->n_touched[f]; i++)
-      memset(t->eg[f] + t->touched[f][i] * dim, 0, dim * sizeof(float));
-    t->n_touched[f] = 0;
-  }
+  /* a new grad call: no embedding row touched yet (slots are zeroed when first touched) */
+  for (uint32_t f = 0; f < t->a.n_features; f++) t->n_touched[f] = 0;
   if (++t->gen == 0) { /* stamps wrapped: reset them */
     for (uint32_t f = 0; f < t->a.n_features; f++)
       if (t->stamp[f]) memset(t->stamp[f], 0, t->a.features[f].rows * sizeof(uint32_t));
@@ -742,10 +743,18 @@ int kd_trainer_grad(kd_trainer *t, const struct kd_table *tab, const uint64_t *r
   return KD_OK;
 }
 
-const float *kd_trainer_grad_tensor(const kd_trainer *t, uint32_t i) {
+const float *kd_trainer_grad_tensor(kd_trainer *t, uint32_t i) {
   if (i >= t->n_ten) return NULL;
-  for (uint32_t f = 0; f < t->a.n_features; f++)
-    if (t->emb_of[f] == (int32_t)i) return t->eg[f];
+  for (uint32_t f = 0; f < t->a.n_features; f++) {
+    if (t->emb_of[f] != (int32_t)i) continue;
+    /* scatter the compact rows into a full-shape table (tests and tools; not on the training path) */
+    const struct kd_feature *ft = &t->a.features[f];
+    if (!t->eg[f] && !(t->eg[f] = kd_falloc(ft->rows * ft->dim))) return NULL;
+    memset(t->eg[f], 0, ft->rows * ft->dim * sizeof(float));
+    for (uint64_t r = 0; r < t->n_touched[f]; r++)
+      memcpy(t->eg[f] + t->touched[f][r] * ft->dim, t->cg[f] + r * ft->dim, ft->dim * sizeof(float));
+    return t->eg[f];
+  }
   return t->ws[0].grad + t->goff[i];
 }
 
@@ -817,7 +826,8 @@ static void kd_update_dense(struct kd_trainer *t, float *w, const float *g, floa
 static void kd_update_rows(struct kd_trainer *t, uint32_t f, double lr) {
   const struct kd_opt_params *o = &t->p.opt;
   uint32_t ti = (uint32_t)t->emb_of[f], dim = t->a.features[f].dim;
-  float *w = t->m->t[ti], *g = t->eg[f], *s1 = t->s1[ti], *s2 = t->s2[ti];
+  float *w = t->m->t[ti], *s1 = t->s1[ti], *s2 = t->s2[ti];
+  const float *g = t->cg[f]; /* (nr, dim) compact: row r's gradient at g + r dim */
   const uint64_t *rows = t->touched[f];
   uint64_t nr = t->n_touched[f];
   if (o->kind == KD_OPT_CLIPPY) {
@@ -825,20 +835,21 @@ static void kd_update_rows(struct kd_trainer *t, uint32_t f, double lr) {
     kd_clippy_step_rows(w, s1, g, rows, nr, dim, (float)lr, o);
     return;
   }
+  double bc1 = 1.0 - pow(o->beta1, (double)t->step), bc2 = 1.0 - pow(o->beta2, (double)t->step);
+  float step = (float)(lr * sqrt(bc2) / bc1);
   for (uint64_t r = 0; r < nr; r++) {
     size_t at = rows[r] * dim;
+    const float *gr = g + r * dim;
     if (o->kind == KD_OPT_ADAM) {
       /* torch.optim.SparseAdam: only touched rows; bias correction with the global step */
-      double bc1 = 1.0 - pow(o->beta1, (double)t->step), bc2 = 1.0 - pow(o->beta2, (double)t->step);
-      float step = (float)(lr * sqrt(bc2) / bc1);
       for (uint32_t d = 0; d < dim; d++) {
-        float gi = g[at + d];
+        float gi = gr[d];
         s1[at + d] += (gi - s1[at + d]) * (1 - o->beta1);
         s2[at + d] += (gi * gi - s2[at + d]) * (1 - o->beta2);
         w[at + d] -= step * s1[at + d] / (sqrtf(s2[at + d]) + o->eps);
       }
     } else {
-      kd_update_dense(t, w + at, g + at, s1 ? s1 + at : NULL, NULL, dim, lr, 0);
+      kd_update_dense(t, w + at, gr, s1 ? s1 + at : NULL, NULL, dim, lr, 0);
     }
   }
 }

@@ -68,8 +68,8 @@ static void test_single_step_no_clip(void) {
   CHECK(NEAR(x[0], 1.0 - lr * 0.1 / ia) && NEAR(x[1], 2.0 - lr * 0.15 / ia));
   CHECK(NEAR(acc[0], ia * ia + 0.1 * 0.1) && NEAR(acc[1], ia * ia + 0.15 * 0.15));
   CHECK(NEAR(s, 1.0));
-  /* sparse: a (2, 2) table, gradient on row 1 only */
-  float sx[4] = {3, 4, 1, 2}, sa[4] = {ia * ia, ia * ia, ia * ia, ia * ia}, sg[4] = {0, 0, 0.1f, 0.15f};
+  /* sparse: a (2, 2) table, gradient on row 1 only (compact: one row of gradients) */
+  float sx[4] = {3, 4, 1, 2}, sa[4] = {ia * ia, ia * ia, ia * ia, ia * ia}, sg[2] = {0.1f, 0.15f};
   uint64_t rows[1] = {1};
   double ss = kd_clippy_step_rows(sx, sa, sg, rows, 1, 2, lr, &p);
   CHECK(sx[0] == 3 && sx[1] == 4);
@@ -95,7 +95,7 @@ static void test_single_step_clip(int clip_acc) {
   CHECKF(NEAR(s, want_s), "clipping factor %g, expected %g", s, want_s);
   double want_acc = clip_acc ? ia * ia + (want_s * 10) * (want_s * 10) : ia * ia + 100.0;
   CHECK(NEAR(acc[0], want_acc) && NEAR(acc[1], want_acc));
-  float sx[4] = {3, 4, 1, 2}, sa[4] = {ia * ia, ia * ia, ia * ia, ia * ia}, sg[4] = {0, 0, 10, 10};
+  float sx[4] = {3, 4, 1, 2}, sa[4] = {ia * ia, ia * ia, ia * ia, ia * ia}, sg[2] = {10, 10};
   uint64_t rows[1] = {1};
   double ss = kd_clippy_step_rows(sx, sa, sg, rows, 1, 2, lr, &p);
   CHECK(sx[0] == 3 && sx[1] == 4 && NEAR(sx[2], 0.4) && NEAR(sx[3], 1.4));
