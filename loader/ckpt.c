@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -234,9 +235,9 @@ static int check_user_meta(const char *path, const struct kd_meta *meta, uint32_
       if (!utf8_valid((const unsigned char *)m->v.s, strlen(m->v.s)))
         return kd_err_set(e, KD_ERR_INVALID, "%s: metadata key \"%s\": value is not valid UTF-8", path, m->key);
     }
-    if (!strcmp(m->key, "general.name") && m->type != KD_META_STR)
-      return kd_err_set(e, KD_ERR_INVALID, "%s: metadata key general.name: type expected str, found %s", path,
-                        meta_type_name(m->type));
+    if (!strcmp(m->key, "general.name") && (m->type != KD_META_STR || !m->v.s[0]))
+      return kd_err_set(e, KD_ERR_INVALID, "%s: metadata key general.name: expected a non-empty string, found %s", path,
+                        m->type != KD_META_STR ? meta_type_name(m->type) : "\"\"");
     for (uint32_t j = 0; j < i; j++)
       if (!strcmp(meta[j].key, m->key))
         return kd_err_set(e, KD_ERR_INVALID, "%s: metadata key \"%s\" given twice (entries %u and %u)", path,
@@ -273,6 +274,10 @@ int kd_ckpt_write(const char *path, const struct kd_model *m, const struct kd_me
   struct kd_err ae = {0};
   if (kd_arch_validate(a, &ae) != KD_OK)
     return kd_err_set(e, KD_ERR_INVALID, "%s: architecture: %s", path, ae.msg);
+  size_t anl = strnlen(a->name, KD_NAME_MAX);
+  if (anl == 0 || anl >= KD_NAME_MAX || !utf8_valid((const unsigned char *)a->name, anl))
+    return kd_err_set(e, KD_ERR_INVALID, "%s: architecture name: expected 1..%d bytes of UTF-8, found %s", path,
+                      KD_NAME_MAX - 1, anl == 0 ? "an empty name" : "other bytes");
   uint32_t nt = kd_arch_n_tensors(a);
   if (m->n_tensors != nt)
     return kd_err_set(e, KD_ERR_INVALID, "%s: model tensors: expected %u (architecture), found %u", path, nt,
@@ -589,7 +594,7 @@ static int parse_arch(const kd_ckpt *c, struct kd_arch *a, struct kd_err *e) {
   memset(a, 0, sizeof *a);
   if ((rc = need_name(c, "arch.name", a->name, e))) return rc;
   if ((rc = need(c, "arch.act_clip", KD_META_F32, &m, e))) return rc;
-  if (!(m->v.f >= 0 && m->v.f <= 3.4e38))
+  if (!(m->v.f >= 0) || isinf(m->v.f))
     return kd_err_set(e, KD_ERR_CORRUPT, "%s: metadata key \"arch.act_clip\": expected a finite value >= 0, found %g", c->name, m->v.f);
   a->act_clip = (float)m->v.f;
   if ((rc = need_u32(c, "arch.n_features", KD_MAX_FEATURES, &a->n_features, e))) return rc;

@@ -4,6 +4,7 @@
  *   kdrank-ckpt verify FILE
  *   kdrank-ckpt score FILE --request REQ.json [--oracle] [--tasks a,b] [--kernel auto|scalar|avx2]
  *   kdrank-ckpt request (--preset NAME | --model FILE) --candidates N [--seed S] [--k K] [-o OUT]
+ *   (--preset also accepts a checkpoint path)
  * `score` is the ground truth the server's answers are checked against. Exit status: 0 success,
  * 1 a rejected input (bad file, bad request), 2 bad usage. */
 #include <errno.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <cjson/cJSON.h>
 
@@ -28,7 +30,7 @@ static const char *usage_text =
     "      scores a ScoreRequest given as proto3 JSON; prints {\"model\",\"tasks\",\"scores\"}\n"
     "      (--oracle: the scalar reference path; default: the fast path)\n"
     "  kdrank-ckpt request (--preset NAME | --model FILE) --candidates N [--seed S] [--k K] [-o OUT]\n"
-    "      writes a random valid request for the model (k ids per sparse row)\n";
+    "      writes a random valid request for the model (k ids per sparse row; --preset also takes a FILE)\n";
 
 static void usage(void) { fprintf(stderr, usage_text, kd_arch_preset_names()); }
 
@@ -134,7 +136,10 @@ static void meta_value_str(const struct kd_meta *m, char *buf, size_t cap) {
   case KD_META_F32: snprintf(buf, cap, "%.9g", m->v.f); break;
   case KD_META_F64: snprintf(buf, cap, "%.17g", m->v.f); break;
   case KD_META_BOOL: snprintf(buf, cap, "%s", m->v.u ? "true" : "false"); break;
-  case KD_META_STR: snprintf(buf, cap, "\"%s\"", m->v.s); break;
+  case KD_META_STR: /* long values (metrics JSON) are cut; inspect --json shows them whole */
+    if (strlen(m->v.s) > 200) snprintf(buf, cap, "\"%.180s...\" (%zu bytes)", m->v.s, strlen(m->v.s));
+    else snprintf(buf, cap, "\"%s\"", m->v.s);
+    break;
   default: snprintf(buf, cap, "?");
   }
 }
@@ -458,6 +463,11 @@ static int cmd_request(int argc, char **argv) {
   struct kd_err e = {0};
   struct kd_arch a;
   char name[KD_NAME_MAX + 1] = "";
+  struct stat st;
+  if (preset && kd_arch_preset(preset, &a, &e) != KD_OK && stat(preset, &st) == 0) {
+    model = preset; /* --preset FILE: a checkpoint path */
+    preset = NULL;
+  }
   if (preset) {
     if (kd_arch_preset(preset, &a, &e) != KD_OK) return die_err(&e);
     snprintf(name, sizeof name, "%s", preset);

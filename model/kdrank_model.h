@@ -209,7 +209,10 @@ const struct kd_arch *kd_plan_arch(const kd_plan *p);
 size_t kd_plan_bytes(const kd_plan *p); /* memory held by the plan */
 int kd_plan_kernel(const kd_plan *p);   /* the kernel actually used */
 
-/* Per-thread scratch sized once for at most max_cand candidates and max_k ids per sparse row. */
+/* Per-thread scratch sized once for at most max_cand candidates (any number of ids per sparse
+ * row: pooling needs no memory). Its memory is bounded by the fast path's chunk (256 rows), not
+ * by max_cand. It may serve any plan whose layer widths fit the plan it was created with
+ * (kd_score says KD_ERR_RANGE otherwise). */
 typedef struct kd_scratch kd_scratch;
 kd_scratch *kd_scratch_create(const kd_plan *p, uint32_t max_cand, struct kd_err *e);
 void kd_scratch_free(kd_scratch *s);
@@ -221,6 +224,12 @@ int kd_score(const kd_plan *p, kd_scratch *s, const struct kd_input *in, const u
 /* Raw logits of every task (served or not), n_cand x n_tasks (the labeler's view). */
 int kd_logits(const kd_plan *p, kd_scratch *s, const struct kd_input *in, float *out,
               struct kd_err *e);
+
+/* OpenBLAS threads used by each sgemm of the fast path (process-wide). The library never sets
+ * it itself: a server scoring on many worker threads should call kd_blas_set_threads(1) once at
+ * start-up (or export OPENBLAS_NUM_THREADS=1); n < 1 counts as 1. */
+void kd_blas_set_threads(int n);
+int kd_blas_threads(void);
 
 #ifdef __cplusplus
 }

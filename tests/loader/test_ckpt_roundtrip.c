@@ -1,5 +1,5 @@
-/* test_ckpt_roundtrip.c - write then read back, bit-exact, for the micro/tiny/ref-student/
- * ref-teacher-4x architectures: the architecture, every tensor, every metadata entry (every type),
+/* test_ckpt_roundtrip.c - write then read back, bit-exact, for a micro architecture and every
+ * preset (tiny, ref-student, ref-teacher-2x, ref-teacher-4x): the architecture, every tensor, every metadata entry (every type),
  * determinism of the bytes, mmap and in-memory opens agree, tensors are 64-byte aligned, the
  * oracle scores the loaded model exactly as the original. Also the writer's refusals. */
 #include <inttypes.h>
@@ -189,6 +189,15 @@ static void refusals(void) {
   CHECKF(strstr(e.msg, "type expected 0..6, found 9") != NULL, "%s", e.msg);
   CHECK(stat(p, &st) != 0);
 
+  struct kd_meta noname[1] = {{.key = "general.name", .type = KD_META_STR, .v.s = ""}};
+  CHECK(kd_ckpt_write(p, m, noname, 1, &e) == KD_ERR_INVALID);
+  CHECKF(strstr(e.msg, "general.name: expected a non-empty string") != NULL, "%s", e.msg);
+  m->arch.name[0] = 0;
+  CHECK(kd_ckpt_write(p, m, NULL, 0, &e) == KD_ERR_INVALID);
+  CHECKF(strstr(e.msg, "architecture name: expected 1..63 bytes") != NULL, "%s", e.msg);
+  snprintf(m->arch.name, KD_NAME_MAX, "micro");
+  CHECK(stat(p, &st) != 0);
+
   /* An invalid architecture is refused by kd_arch_validate's rule. */
   m->arch.shared[0] = 0;
   CHECK(kd_ckpt_write(p, m, NULL, 0, &e) == KD_ERR_INVALID);
@@ -204,8 +213,8 @@ int main(void) {
   struct kd_err e = {0};
   kdt_micro_arch(&a);
   roundtrip(&a, 7);
-  const char *presets[] = {"tiny", "ref-student", "ref-teacher-4x"};
-  for (int i = 0; i < 3; i++) {
+  const char *presets[] = {"tiny", "ref-student", "ref-teacher-2x", "ref-teacher-4x"};
+  for (int i = 0; i < 4; i++) {
     REQUIRE(kd_arch_preset(presets[i], &a, &e) == KD_OK);
     roundtrip(&a, 11 + (uint64_t)i);
   }
