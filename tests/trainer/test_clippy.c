@@ -103,7 +103,31 @@ static void test_single_step_clip(int clip_acc) {
   CHECK(NEAR(sa[0], ia * ia) && NEAR(sa[2], want_acc) && NEAR(sa[3], want_acc));
 }
 
+/* Learning-rate schedules: values computed by hand from their definitions. */
+static void test_schedules(void) {
+  struct kd_opt_params p = kd_opt_defaults(KD_OPT_ADAM);
+  p.lr = 0.1f;
+  p.warmup = 10;
+  p.total_steps = 110;
+  p.sched = KD_SCHED_CONSTANT;
+  CHECK(NEAR(kd_opt_lr_at(&p, 0), 0.01));  /* (0 + 1) / 10 of lr */
+  CHECK(NEAR(kd_opt_lr_at(&p, 4), 0.05));
+  CHECK(NEAR(kd_opt_lr_at(&p, 9), 0.1));
+  CHECK(NEAR(kd_opt_lr_at(&p, 50), 0.1));
+  p.sched = KD_SCHED_COSINE;
+  p.min_lr_ratio = 0.1f;
+  CHECK(NEAR(kd_opt_lr_at(&p, 10), 0.1));          /* start of decay */
+  CHECK(NEAR(kd_opt_lr_at(&p, 60), 0.055));        /* halfway: floor + (lr - floor) / 2 */
+  CHECK(NEAR(kd_opt_lr_at(&p, 110), 0.01));        /* the floor */
+  CHECK(NEAR(kd_opt_lr_at(&p, 500), 0.01));
+  p.sched = KD_SCHED_LINEAR;
+  CHECK(NEAR(kd_opt_lr_at(&p, 35), 0.01 + 0.09 * 0.75));
+  p.sched = KD_SCHED_INVSQRT;
+  CHECK(NEAR(kd_opt_lr_at(&p, 39), 0.1 * sqrt(10.0 / 40.0)));
+}
+
 int main(void) {
+  test_schedules();
   test_clip_by_reference();
   test_single_step_no_clip();
   test_single_step_clip(0);
