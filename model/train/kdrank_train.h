@@ -148,7 +148,7 @@ struct kd_loss_term {
   uint32_t task;     /* index into arch.tasks (served head or auxiliary head) */
   uint32_t kind;     /* enum kd_loss_kind */
   uint32_t source;   /* enum kd_target_src */
-  uint32_t target;   /* column of the source (the task index for LABEL) */
+  uint32_t target;   /* column of the source (LABEL: the table's label column, i.e. schema task) */
   float weight;
   float delta;       /* Huber */
 };

@@ -530,7 +530,7 @@ kd_trainer *kd_trainer_create(struct kd_model *m, const struct kd_train_params *
   }
   for (uint32_t q = 0; q < p->n_loss; q++) {
     const struct kd_loss_term *lt = &p->loss[q];
-    if (lt->task >= m->arch.n_tasks || lt->target >= m->arch.n_tasks || lt->kind > KD_LOSS_HUBER ||
+    if (lt->task >= m->arch.n_tasks || lt->target >= KD_MAX_TASKS || lt->kind > KD_LOSS_HUBER ||
         lt->source != KD_TARGET_LABEL || !(lt->weight >= 0) ||
         (lt->kind == KD_LOSS_HUBER && !(lt->delta > 0))) {
       kd_err_set(e, KD_ERR_INVALID, "loss term %u: task %u target %u kind %u weight %g delta %g out of range",
@@ -683,9 +683,14 @@ static int kd_use_table(kd_trainer *t, const struct kd_table *tab, struct kd_err
 
 static int kd_check_rows(kd_trainer *t, const struct kd_table *tab, const uint64_t *rows, uint64_t n,
                          struct kd_err *e) {
-  if (tab->n_features != t->a.n_features || tab->n_tasks != t->a.n_tasks)
-    return kd_err_set(e, KD_ERR_INVALID, "table has %u features/%u tasks, model %u/%u", tab->n_features,
-                      tab->n_tasks, t->a.n_features, t->a.n_tasks);
+  /* label columns need not match the heads one to one (auxiliary heads have no label column):
+   * every loss term's target must exist in the table */
+  if (tab->n_features != t->a.n_features)
+    return kd_err_set(e, KD_ERR_INVALID, "table has %u features, model %u", tab->n_features, t->a.n_features);
+  for (uint32_t q = 0; q < t->p.n_loss; q++)
+    if (t->p.loss[q].target >= tab->n_tasks)
+      return kd_err_set(e, KD_ERR_INVALID, "loss term %u reads label column %u, the table has %u", q,
+                        t->p.loss[q].target, tab->n_tasks);
   for (uint64_t i = 0; i < n; i++)
     if (rows[i] >= tab->n)
       return kd_err_set(e, KD_ERR_RANGE, "row %llu out of the table's %llu", (unsigned long long)rows[i],
