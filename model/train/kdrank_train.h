@@ -98,7 +98,8 @@ struct kd_load_params {
 };
 
 /* Loads a TSV (plain or gzip, detected by content) whose first line is the header: every schema
- * column must appear in the header (extra header columns are ignored). With use_cache, a binary
+ * column other than "ignore" ones must appear in the header (extra header columns are ignored).
+ * With use_cache, a binary
  * cache keyed by the fingerprint of the file bytes + schema is read when it matches and written
  * otherwise (atomically). Errors name file:line, column, expected and found. */
 int kd_table_load(const char *path, const struct kd_schema *s, struct kd_load_params p,
