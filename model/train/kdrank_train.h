@@ -99,9 +99,8 @@ struct kd_load_params {
 
 /* Loads a TSV (plain or gzip, detected by content) whose first line is the header: every schema
  * column other than "ignore" ones must appear in the header (extra header columns are ignored).
- * With use_cache, a binary
- * cache keyed by the fingerprint of the file bytes + schema is read when it matches and written
- * otherwise (atomically). Errors name file:line, column, expected and found. */
+ * With use_cache, a binary cache keyed by the fingerprint of the file bytes + schema is read when
+ * it matches and written otherwise (atomically). Errors name file:line, column, expected, found. */
 int kd_table_load(const char *path, const struct kd_schema *s, struct kd_load_params p,
                   struct kd_table *t, struct kd_load_report *r, struct kd_err *e);
 /* Allocates an empty table for the schema with room for n rows and n_ids sparse ids per sparse
