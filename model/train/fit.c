@@ -10,9 +10,7 @@
 #include <cjson/cJSON.h>
 
 #include "train_internal.h"
-#ifdef KD_HAVE_LOADER
 #include "kdrank_loader.h"
-#endif
 
 void kd_fit_defaults(struct kd_fit_config *c) {
   memset(c, 0, sizeof *c);
@@ -152,7 +150,6 @@ static cJSON *kd_config_json(const struct kd_fit_config *c, const struct kd_arch
 
 static int kd_write_ckpt(const char *path, const struct kd_model *m, const char *fp, const char *metrics,
                          const char *config, struct kd_err *e) {
-#ifdef KD_HAVE_LOADER
   struct kd_meta meta[5];
   meta[0] = (struct kd_meta){.key = "provenance.trainer_version", .type = KD_META_STR, .v.s = KD_TRAIN_VERSION};
   meta[1] = (struct kd_meta){.key = "provenance.data_fingerprint", .type = KD_META_STR, .v.s = fp};
@@ -160,10 +157,6 @@ static int kd_write_ckpt(const char *path, const struct kd_model *m, const char 
   meta[3] = (struct kd_meta){.key = "provenance.config", .type = KD_META_STR, .v.s = config};
   meta[4] = (struct kd_meta){.key = "provenance.created_unix", .type = KD_META_I64, .v.i = (int64_t)time(NULL)};
   return kd_ckpt_write(path, m, meta, 5, e);
-#else
-  (void)m; (void)fp; (void)metrics; (void)config;
-  return kd_err_set(e, KD_ERR_UNSUPPORTED, "%s: this build has no checkpoint writer (loader missing)", path);
-#endif
 }
 
 static void kd_progress(const struct kd_fit_config *c, int tty, uint32_t epoch, uint64_t done, uint64_t total,

@@ -12,9 +12,7 @@
 #include <unistd.h>
 
 #include "train_internal.h"
-#ifdef KD_HAVE_LOADER
 #include "kdrank_loader.h"
-#endif
 
 static int kd_copy_file(const char *from, const char *to, struct kd_err *e) {
   int in = open(from, O_RDONLY), out = -1, rc = KD_OK;
@@ -69,11 +67,9 @@ static uint64_t kd_max_version(const char *dir) {
 int kd_publish(const char *file, const char *repo, const char *model, uint64_t *version_out, struct kd_err *e) {
   if (!model || !*model || strchr(model, '/') || !strcmp(model, ".") || !strcmp(model, ".."))
     return kd_err_set(e, KD_ERR_INVALID, "--model '%s': expected a plain name", model ? model : "");
-#ifdef KD_HAVE_LOADER
   kd_ckpt *ck = kd_ckpt_open(file, e);
   if (!ck) return e ? e->code : KD_ERR_CORRUPT;
   kd_ckpt_close(ck);
-#endif
   char mdir[4200], tmp[4300], final[4300], dst[4400];
   snprintf(mdir, sizeof mdir, "%s/%s", repo, model);
   int rc = kd_mkdirs(mdir, e);
