@@ -403,6 +403,7 @@ void kd_table_free(struct kd_table *t) {
   if (!t) return;
   free(t->ids);
   free(t->labels);
+  free(t->soft);
   for (uint32_t f = 0; f < KD_MAX_FEATURES; f++) {
     free(t->cols[f].dense);
     free(t->cols[f].off);

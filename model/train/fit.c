@@ -26,6 +26,10 @@ void kd_fit_defaults(struct kd_fit_config *c) {
   c->load.max_bad = 0;
   c->load.use_cache = 1;
   c->progress = -1;
+  c->alpha = 0.5f;
+  c->temperature = 1.0f;
+  c->min_coverage = 0.99f;
+  for (int k = 0; k < KD_MAX_TASKS; k++) c->lambda[k] = 1.0f;
 }
 
 int kd_arch_from_schema(const struct kd_schema *s, const struct kd_fit_config *c, struct kd_arch *out,
@@ -149,14 +153,40 @@ static cJSON *kd_config_json(const struct kd_fit_config *c, const struct kd_arch
 }
 
 static int kd_write_ckpt(const char *path, const struct kd_model *m, const char *fp, const char *metrics,
-                         const char *config, struct kd_err *e) {
-  struct kd_meta meta[5];
+                         const char *config, const struct kd_meta *extra, uint32_t n_extra, int drop_aux,
+                         struct kd_err *e) {
+  struct kd_meta meta[5 + 16];
   meta[0] = (struct kd_meta){.key = "provenance.trainer_version", .type = KD_META_STR, .v.s = KD_TRAIN_VERSION};
   meta[1] = (struct kd_meta){.key = "provenance.data_fingerprint", .type = KD_META_STR, .v.s = fp};
   meta[2] = (struct kd_meta){.key = "provenance.metrics", .type = KD_META_STR, .v.s = metrics};
   meta[3] = (struct kd_meta){.key = "provenance.config", .type = KD_META_STR, .v.s = config};
   meta[4] = (struct kd_meta){.key = "provenance.created_unix", .type = KD_META_I64, .v.i = (int64_t)time(NULL)};
-  return kd_ckpt_write(path, m, meta, 5, e);
+  for (uint32_t i = 0; i < n_extra && i < 16; i++) meta[5 + i] = extra[i];
+  uint32_t nm = 5 + (n_extra < 16 ? n_extra : 16);
+  if (!drop_aux) return kd_ckpt_write(path, m, meta, nm, e);
+  /* the auxiliary heads are the last tasks (and their towers the last tensors): a view without them */
+  struct kd_arch a = m->arch;
+  while (a.n_tasks > 0 && !a.tasks[a.n_tasks - 1].served) a.n_tasks--;
+  struct kd_model *v = kd_model_view(&a, m->t, e);
+  if (!v) return e ? e->code : KD_ERR_NOMEM;
+  int rc = kd_ckpt_write(path, v, meta, nm, e);
+  kd_model_free(v);
+  return rc;
+}
+
+/* The pin with any password of a URI's user-info removed (provenance must not carry secrets). */
+static void kd_pin_redact(const char *pin, char *out, size_t cap) {
+  snprintf(out, cap, "%s", pin);
+  char *sch = strstr(out, "://");
+  if (!sch) return;
+  char *at = strchr(sch + 3, '@'), *colon = strchr(sch + 3, ':');
+  char *last_at = strrchr(out, '@'); /* the pin's own '@VERSION' */
+  if (at && at != last_at && colon && colon < at) memmove(colon, at, strlen(at) + 1);
+}
+
+static const char *kd_distill_name(uint32_t d) {
+  static const char *n[] = {"none", "direct", "aux"};
+  return d < 3 ? n[d] : "?";
 }
 
 static void kd_progress(const struct kd_fit_config *c, int tty, uint32_t epoch, uint64_t done, uint64_t total,
@@ -211,6 +241,87 @@ int kd_fit_run(struct kd_fit_config *c, struct kd_err *e) {
   }
   struct kd_arch a;
   if ((rc = kd_arch_from_schema(&s, c, &a, e))) goto done;
+  uint32_t n_lab = a.n_tasks; /* served tasks with a label column; auxiliary heads follow */
+  /* distillation: the pinned teacher version joined onto the training table */
+  char dnames_buf[1024] = "";
+  const char *dnames[KD_MAX_TASKS];
+  int32_t dtask[KD_MAX_TASKS]; /* student task of each distilled column */
+  uint32_t n_d = 0;
+  struct kd_distill_info dinfo;
+  memset(&dinfo, 0, sizeof dinfo);
+  if (c->distill > KD_DISTILL_AUX) {
+    rc = kd_err_set(e, KD_ERR_INVALID, "--distill: expected none, direct or aux");
+    goto done;
+  }
+  if (c->distill != KD_DISTILL_NONE) {
+    if (!c->labels) {
+      rc = kd_err_set(e, KD_ERR_INVALID, "--distill %s needs --labels STORE@VERSION", kd_distill_name(c->distill));
+      goto done;
+    }
+    if (!(c->alpha >= 0 && c->alpha <= 1) || !(c->temperature > 0) || !(c->min_coverage >= 0 && c->min_coverage <= 1)) {
+      rc = kd_err_set(e, KD_ERR_INVALID, "distillation: --alpha %g and --min-coverage %g must be in [0, 1], "
+                      "--temperature %g > 0", c->alpha, c->min_coverage, c->temperature);
+      goto done;
+    }
+    if (c->distill_tasks) {
+      snprintf(dnames_buf, sizeof dnames_buf, "%s", c->distill_tasks);
+      for (char *tok = strtok(dnames_buf, ","); tok; tok = strtok(NULL, ",")) {
+        int k = kd_arch_find_task(&a, tok);
+        if (k < 0) {
+          rc = kd_err_set(e, KD_ERR_NOT_FOUND, "--distill-tasks: no task '%s' in %s", tok, c->schema_path);
+          goto done;
+        }
+        for (uint32_t q = 0; q < n_d; q++)
+          if (dtask[q] == k) {
+            rc = kd_err_set(e, KD_ERR_INVALID, "--distill-tasks: task '%s' given twice", tok);
+            goto done;
+          }
+        dnames[n_d] = a.tasks[k].name;
+        dtask[n_d++] = k;
+      }
+    } else {
+      for (uint32_t k = 0; k < n_lab; k++) {
+        dnames[n_d] = a.tasks[k].name;
+        dtask[n_d++] = (int32_t)k;
+      }
+    }
+    if (!n_d) {
+      rc = kd_err_set(e, KD_ERR_INVALID, "--distill-tasks: no task given");
+      goto done;
+    }
+    if ((rc = kd_distill_attach(c->labels, dnames, n_d, &tr, &dinfo, e))) goto done;
+    c->coverage = dinfo.coverage;
+    if (!c->quiet)
+      fprintf(stderr, "labels: version %s (%s, teacher %s): coverage %.4f (%llu of %llu training examples; %llu stored)\n",
+              dinfo.version, dinfo.backend, dinfo.teacher, dinfo.coverage,
+              (unsigned long long)dinfo.n_labelled, (unsigned long long)dinfo.n_examples,
+              (unsigned long long)dinfo.n_stored);
+    if (dinfo.coverage < c->min_coverage) {
+      rc = kd_err_set(e, KD_ERR_INVALID, "labels %s: coverage %.4f (%llu of %llu training examples) is below "
+                      "--min-coverage %.4f: refusing to train", c->labels, dinfo.coverage,
+                      (unsigned long long)dinfo.n_labelled, (unsigned long long)dinfo.n_examples, c->min_coverage);
+      goto done;
+    }
+    if (c->distill == KD_DISTILL_AUX)
+      for (uint32_t q = 0; q < n_d; q++) {
+        if (a.n_tasks >= KD_MAX_TASKS) {
+          rc = kd_err_set(e, KD_ERR_RANGE, "aux distillation: more than %d tasks with the auxiliary heads", KD_MAX_TASKS);
+          goto done;
+        }
+        struct kd_task *tk = &a.tasks[a.n_tasks];
+        *tk = a.tasks[dtask[q]];
+        if (strlen(tk->name) + 4 >= KD_NAME_MAX) {
+          rc = kd_err_set(e, KD_ERR_RANGE, "aux distillation: task name '%s' too long for '%s_aux'", tk->name, tk->name);
+          goto done;
+        }
+        strcat(tk->name, "_aux");
+        tk->served = 0;
+        a.n_tasks++;
+      }
+    if ((rc = kd_arch_validate(&a, e))) goto done;
+  }
+  struct kd_arch ea = a; /* the served/labelled tasks, for evaluation */
+  ea.n_tasks = n_lab;
   if (!(m = kd_model_alloc(&a, e))) {
     rc = e ? e->code : KD_ERR_NOMEM;
     goto done;
@@ -224,7 +335,7 @@ int kd_fit_run(struct kd_fit_config *c, struct kd_err *e) {
   uint64_t steps_per_epoch = (tr.n + c->batch - 1) / c->batch;
   if (tp.opt.total_steps == 0) tp.opt.total_steps = steps_per_epoch * c->epochs;
   if (c->max_steps && tp.opt.total_steps > c->max_steps) tp.opt.total_steps = c->max_steps;
-  for (uint32_t k = 0; k < a.n_tasks; k++) {
+  for (uint32_t k = 0; k < n_lab; k++) {
     struct kd_loss_term *lt = &tp.loss[tp.n_loss++];
     lt->task = lt->target = k;
     lt->source = KD_TARGET_LABEL;
@@ -233,6 +344,23 @@ int kd_fit_run(struct kd_fit_config *c, struct kd_err *e) {
                : c->huber_delta[k] > 0            ? KD_LOSS_HUBER
                                                   : KD_LOSS_MSE;
     lt->delta = c->huber_delta[k];
+  }
+  /* distillation terms (after the hard ones: tp.loss[k] stays task k's hard term) */
+  for (uint32_t q = 0; q < n_d; q++) {
+    uint32_t k = (uint32_t)dtask[q];
+    struct kd_loss_term *lt = &tp.loss[tp.n_loss++];
+    lt->source = KD_TARGET_TEACHER;
+    lt->target = q;
+    lt->kind = a.tasks[k].type == KD_TASK_BINARY ? KD_LOSS_SOFT_BCE : KD_LOSS_SOFT_SQ;
+    lt->delta = lt->kind == KD_LOSS_SOFT_BCE ? c->temperature : 0;
+    if (c->distill == KD_DISTILL_DIRECT) {
+      lt->task = k;
+      lt->weight = c->alpha * c->task_weight[k];
+      tp.loss[k].weight = (1.0f - c->alpha) * c->task_weight[k];
+    } else {
+      lt->task = n_lab + q;
+      lt->weight = c->lambda[k];
+    }
   }
   if (!(t = kd_trainer_create(m, &tp, e))) {
     rc = e ? e->code : KD_ERR_NOMEM;
@@ -252,7 +380,44 @@ int kd_fit_run(struct kd_fit_config *c, struct kd_err *e) {
   char fp[64];
   snprintf(fp, sizeof fp, "%016llx-%016llx", (unsigned long long)tr.fingerprint,
            (unsigned long long)te.fingerprint);
+  /* distillation provenance */
+  struct kd_meta prov[12];
+  uint32_t n_prov = 0;
+  char tasks_txt[1024] = "", lambda_txt[1024] = "", store_txt[1100] = "";
+  if (c->distill != KD_DISTILL_NONE) {
+    size_t at = 0, at2 = 0;
+    for (uint32_t q = 0; q < n_d; q++) {
+      at += (size_t)snprintf(tasks_txt + at, sizeof tasks_txt - at, "%s%s", q ? "," : "", dnames[q]);
+      at2 += (size_t)snprintf(lambda_txt + at2, sizeof lambda_txt - at2, "%s%s=%g", q ? "," : "", dnames[q],
+                              (double)c->lambda[dtask[q]]);
+      if (at >= sizeof tasks_txt || at2 >= sizeof lambda_txt) break;
+    }
+    kd_pin_redact(c->labels, store_txt, sizeof store_txt);
+    prov[n_prov++] = (struct kd_meta){.key = "provenance.teacher_id", .type = KD_META_STR, .v.s = dinfo.teacher};
+    prov[n_prov++] = (struct kd_meta){.key = "provenance.teacher_version", .type = KD_META_STR, .v.s = dinfo.version};
+    prov[n_prov++] = (struct kd_meta){.key = "provenance.teacher_crc", .type = KD_META_U32, .v.u = dinfo.manifest_teacher_crc};
+    prov[n_prov++] = (struct kd_meta){.key = "provenance.distill_mode", .type = KD_META_STR, .v.s = kd_distill_name(c->distill)};
+    prov[n_prov++] = (struct kd_meta){.key = "provenance.distill_tasks", .type = KD_META_STR, .v.s = tasks_txt};
+    prov[n_prov++] = (struct kd_meta){.key = "provenance.distill_alpha", .type = KD_META_F64, .v.f = c->alpha};
+    prov[n_prov++] = (struct kd_meta){.key = "provenance.distill_lambda", .type = KD_META_STR, .v.s = lambda_txt};
+    prov[n_prov++] = (struct kd_meta){.key = "provenance.distill_temperature", .type = KD_META_F64, .v.f = c->temperature};
+    prov[n_prov++] = (struct kd_meta){.key = "provenance.label_store", .type = KD_META_STR, .v.s = store_txt};
+    prov[n_prov++] = (struct kd_meta){.key = "provenance.label_backend", .type = KD_META_STR, .v.s = dinfo.backend};
+    prov[n_prov++] = (struct kd_meta){.key = "provenance.label_coverage", .type = KD_META_F64, .v.f = dinfo.coverage};
+    prov[n_prov++] = (struct kd_meta){.key = "provenance.aux_heads", .type = KD_META_STR,
+                                      .v.s = c->distill != KD_DISTILL_AUX ? "none" : c->drop_aux ? "dropped" : "kept"};
+  }
   cJSON *cfg = kd_config_json(c, &a);
+  if (c->distill != KD_DISTILL_NONE) {
+    cJSON *dj = cJSON_AddObjectToObject(cfg, "distill");
+    cJSON_AddStringToObject(dj, "mode", kd_distill_name(c->distill));
+    cJSON_AddStringToObject(dj, "labels", store_txt);
+    cJSON_AddStringToObject(dj, "tasks", tasks_txt);
+    cJSON_AddNumberToObject(dj, "alpha", c->alpha);
+    cJSON_AddStringToObject(dj, "lambda", lambda_txt);
+    cJSON_AddNumberToObject(dj, "temperature", c->temperature);
+    cJSON_AddNumberToObject(dj, "coverage", dinfo.coverage);
+  }
   config_txt = cJSON_PrintUnformatted(cfg);
   summary = cJSON_CreateObject();
   cJSON_AddStringToObject(summary, "trainer_version", KD_TRAIN_VERSION);
@@ -304,22 +469,22 @@ int kd_fit_run(struct kd_fit_config *c, struct kd_err *e) {
         goto done;
       }
       eval_loss = 0;
-      for (uint32_t k = 0; k < a.n_tasks; k++) {
-        kd_metrics_task(a.tasks[k].type, logits + k, a.n_tasks, te.labels + k, a.n_tasks, te.n, &tm[k]);
+      for (uint32_t k = 0; k < n_lab; k++) {
+        kd_metrics_task(a.tasks[k].type, logits + k, a.n_tasks, te.labels + k, te.n_tasks, te.n, &tm[k]);
         double sl = 0;
         uint64_t cnt = 0;
         for (uint64_t i = 0; i < te.n; i++) {
-          float y = te.labels[i * a.n_tasks + k], d;
+          float y = te.labels[i * te.n_tasks + k], d;
           if (isnan(y)) continue;
           sl += kd_loss_eval(tp.loss[k].kind, tp.loss[k].delta, logits[i * a.n_tasks + k], y, &d);
           cnt++;
         }
         eval_loss += c->task_weight[k] * (cnt ? sl / (double)cnt : 0);
       }
-      cJSON_AddItemToObject(ej, "test", kd_metrics_json(&a, tm, eval_loss));
+      cJSON_AddItemToObject(ej, "test", kd_metrics_json(&ea, tm, eval_loss));
       if (!c->quiet) {
         fprintf(stderr, "epoch %u: test loss %.5f", ep + 1, eval_loss);
-        for (uint32_t k = 0; k < a.n_tasks; k++) {
+        for (uint32_t k = 0; k < n_lab; k++) {
           if (a.tasks[k].type == KD_TASK_BINARY)
             fprintf(stderr, " | %s auc %.4f logloss %.4f calib %.3f", a.tasks[k].name, tm[k].auc,
                     tm[k].logloss, tm[k].calib);
@@ -332,7 +497,7 @@ int kd_fit_run(struct kd_fit_config *c, struct kd_err *e) {
     cJSON_AddItemToArray(epochs_j, ej);
     double val = NAN;
     if (te.n) {
-      if ((rc = kd_pick_metric(c->early_metric, &a, tm, eval_loss, &val, &higher, e))) goto done;
+      if ((rc = kd_pick_metric(c->early_metric, &ea, tm, eval_loss, &val, &higher, e))) goto done;
     } else {
       val = run_loss;
       higher = 0;
@@ -344,11 +509,11 @@ int kd_fit_run(struct kd_fit_config *c, struct kd_err *e) {
       since_best = 0;
       memcpy(best, m->owned, m->owned_bytes);
       cJSON_Delete(best_metrics);
-      best_metrics = te.n ? kd_metrics_json(&a, tm, eval_loss) : cJSON_CreateObject();
+      best_metrics = te.n ? kd_metrics_json(&ea, tm, eval_loss) : cJSON_CreateObject();
       cJSON_AddNumberToObject(best_metrics, "epoch", ep + 1);
       free(best_metrics_txt);
       best_metrics_txt = cJSON_PrintUnformatted(best_metrics);
-      if (c->out_path && (rc = kd_write_ckpt(c->out_path, m, fp, best_metrics_txt, config_txt, e))) goto done;
+      if (c->out_path && (rc = kd_write_ckpt(c->out_path, m, fp, best_metrics_txt, config_txt, prov, n_prov, c->drop_aux, e))) goto done;
     } else if (c->patience && ++since_best >= c->patience) {
       if (!c->quiet) fprintf(stderr, "early stop: no improvement for %u epochs\n", c->patience);
       break;

@@ -76,6 +76,9 @@ struct kd_table {
   float *labels;               /* (n, n_tasks); NaN = label missing (empty cell) */
   struct kd_table_col cols[KD_MAX_FEATURES];
   uint64_t fingerprint;        /* of the source bytes + schema */
+  float *soft;                 /* (n, n_soft) teacher logits joined from a label store (distillation);
+                                  NaN = no label for that example; NULL when none attached */
+  uint32_t n_soft;
   uint64_t cap;                /* rows allocated (internal) */
   uint64_t id_cap[KD_MAX_FEATURES]; /* sparse ids allocated (internal) */
 };
@@ -137,11 +140,13 @@ enum kd_loss_kind {
   KD_LOSS_BCE = 0,     /* binary cross-entropy on sigmoid(logit) */
   KD_LOSS_MSE = 1,     /* (logit - y)^2 */
   KD_LOSS_HUBER = 2,   /* 0.5 r^2 if |r| < delta else delta (|r| - 0.5 delta), r = logit - y */
-  /* reserved for distillation: soft BCE against sigmoid(t/T), soft squared error */
+  KD_LOSS_SOFT_BCE = 3,/* distillation, binary: T^2 * -[p log s(z/T) + (1-p) log(1 - s(z/T))],
+                          p = s(t/T), t = teacher logit, T = temperature (the delta argument) */
+  KD_LOSS_SOFT_SQ = 4, /* distillation, regression: (z - t)^2, student vs teacher prediction */
 };
 enum kd_target_src {
-  KD_TARGET_LABEL = 0, /* the table's hard label of the task */
-  /* reserved: KD_TARGET_TEACHER (a teacher logit column) */
+  KD_TARGET_LABEL = 0,   /* the table's hard label of the task */
+  KD_TARGET_TEACHER = 1, /* a teacher logit column of the table (kd_table.soft) */
 };
 /* One loss term: weight * mean over the batch's labelled rows of loss(logit[task], target). */
 struct kd_loss_term {
@@ -150,9 +155,10 @@ struct kd_loss_term {
   uint32_t source;   /* enum kd_target_src */
   uint32_t target;   /* column of the source (LABEL: the table's label column, i.e. schema task) */
   float weight;
-  float delta;       /* Huber */
+  float delta;       /* Huber: delta; SOFT_BCE: the temperature T (> 0) */
 };
-/* Loss and d loss / d logit of one example for a kind (exposed for tests). */
+/* Loss and d loss / d logit of one example for a kind (exposed for tests). delta: the Huber delta,
+ * or the temperature for KD_LOSS_SOFT_BCE (y is then the teacher logit). */
 double kd_loss_eval(uint32_t kind, float delta, float logit, float y, float *dlogit);
 
 /* ---------------------------------------------------------------- optimizers */
@@ -257,9 +263,20 @@ struct kd_fit_config {
   struct kd_load_params load;
   int progress;              /* -1 auto (TTY), 0 plain lines, 1 bar */
   int quiet;
+  /* distillation (see README.md, "Distillation") */
+  const char *labels;        /* STORE@VERSION: the pinned teacher version */
+  uint32_t distill;          /* enum kd_distill_mode */
+  const char *distill_tasks; /* comma-separated task names; NULL: every task the store has */
+  float alpha;               /* direct: (1 - alpha) hard + alpha soft (default 0.5) */
+  float lambda[KD_MAX_TASKS];/* aux: weight of each task's soft loss (default 1) */
+  float temperature;         /* soft BCE temperature (default 1) */
+  float min_coverage;        /* refuse below this fraction of labelled examples (default 0.99) */
+  int drop_aux;              /* aux: 1 drops the auxiliary heads from the written checkpoint */
+  double coverage;           /* out: fraction of training examples with a teacher label */
   double train_seconds;      /* out: time spent in steps */
   double examples_per_sec;   /* out */
 };
+enum kd_distill_mode { KD_DISTILL_NONE = 0, KD_DISTILL_DIRECT = 1, KD_DISTILL_AUX = 2 };
 void kd_fit_defaults(struct kd_fit_config *c);
 /* Loads data, builds the arch from the schema + widths, trains, evaluates each epoch, keeps the
  * best model (by early_metric) and writes it to out_path with provenance metadata. */
@@ -267,6 +284,27 @@ int kd_fit_run(struct kd_fit_config *c, struct kd_err *e);
 /* Builds the arch: the schema's features/tasks with preset-like (or given) widths. */
 int kd_arch_from_schema(const struct kd_schema *s, const struct kd_fit_config *c, struct kd_arch *out,
                         struct kd_err *e);
+
+/* ---------------------------------------------------------------- teacher labels */
+struct kd_label_config {
+  const char *teacher_path;  /* teacher checkpoint */
+  const char *data_path;     /* examples to label (TSV) */
+  const char *schema_path;   /* the data's schema (NULL: schema.json next to the data) */
+  const char *store;         /* label store URI */
+  const char *version;       /* teacher version to write */
+  uint32_t threads;          /* scoring threads (default 2) */
+  struct kd_load_params load;
+  int quiet;
+  /* out */
+  uint64_t rows, duplicates, mapped, defaulted;
+  double seconds, labels_per_sec;
+};
+/* Scores every example of the data with the teacher (fast path: kd_plan + kd_logits, one scratch
+ * per thread) and writes one logit per teacher task per example into version of the store, with
+ * the manifest (teacher CRC, data fingerprint, row count). Teacher features are found in the
+ * data's schema by name; a teacher feature the data lacks (or has with another kind/dim) is
+ * defaulted: dense zeros, sparse id 0. Rows repeating an example id are labelled once. */
+int kd_label_run(struct kd_label_config *c, struct kd_err *e);
 
 /* Places checkpoint file as REPO/MODEL/<next version>/model.kdr: copies into a temp dir in
  * REPO/MODEL, fsyncs, renames the dir to the next integer version, fsyncs the parent. Never a

@@ -58,6 +58,15 @@ static const struct kd_flag kd_fit_flags[] = {
     {"cache-dir", FK_STR, FO(load.cache_dir), "where caches go (default: next to the data file)"},
     {"progress", FK_SPECIAL, 0, "bar or plain (default: bar on a terminal)"},
     {"quiet", FK_BOOL, FO(quiet), "no progress output"},
+    {"labels", FK_STR, FO(labels), "teacher labels to distill from: STORE@VERSION (sqlite path or postgresql:// URI)"},
+    {"distill", FK_SPECIAL, 0, "none (default), direct ((1-alpha) hard + alpha soft on the task's logit) or aux "
+                               "(an auxiliary head <task>_aux per distilled task on the soft loss)"},
+    {"distill-tasks", FK_STR, FO(distill_tasks), "tasks to distill, e.g. click,watch_time (default: all)"},
+    {"alpha", FK_F32, FO(alpha), "direct: weight of the soft loss (default 0.5)"},
+    {"lambda", FK_SPECIAL, 0, "aux: soft loss weight per task, e.g. click=1,watch_time=0.5 (default 1)"},
+    {"temperature", FK_F32, FO(temperature), "soft BCE temperature T (default 1; loss scaled by T^2)"},
+    {"min-coverage", FK_F32, FO(min_coverage), "refuse to train below this labelled fraction (default 0.99)"},
+    {"aux-heads", FK_SPECIAL, 0, "aux: keep (default; non-served tasks in the checkpoint) or drop"},
 };
 #undef FO
 
@@ -69,6 +78,8 @@ static void kd_usage(void) {
           "  fit     --train F --schema F [--test F] [--out F] ... (fit --help lists all flags)\n"
           "  baseline --train F --test F --schema F --feature NAME --task NAME [--index I]\n"
           "          popularity baseline AUC (sparse feature: its train positive rate; dense: column I)\n"
+          "  label   --teacher T.kdr --data D.tsv --store STORE --teacher-version V [--schema S] [--threads N]\n"
+          "          teacher logits of every example into a label store (SQLite path or postgresql:// URI)\n"
           "  publish FILE --repo DIR --model NAME\n");
 }
 
@@ -87,7 +98,7 @@ static int kd_parse_list(const char *v, uint32_t *out, uint32_t max) {
 }
 
 /* "name=value,..." against the schema's task names: resolved after the schema is read. */
-static const char *kd_tw_spec, *kd_huber_spec;
+static const char *kd_tw_spec, *kd_huber_spec, *kd_lambda_spec;
 
 static int kd_apply_task_spec(const char *spec, const char *flag, const char *schema_path, float *dst,
                               struct kd_err *e) {
@@ -190,6 +201,25 @@ static int kd_fit_flag(struct kd_fit_config *c, const struct kd_flag *f, const c
       kd_huber_spec = v;
       return KD_OK;
     }
+    if (!strcmp(f->name, "lambda")) {
+      kd_lambda_spec = v;
+      return KD_OK;
+    }
+    if (!strcmp(f->name, "distill")) {
+      static const char *names[] = {"none", "direct", "aux"};
+      for (uint32_t k = 0; k < 3; k++)
+        if (!strcmp(v, names[k])) {
+          c->distill = k;
+          return KD_OK;
+        }
+      break;
+    }
+    if (!strcmp(f->name, "aux-heads")) {
+      if (!strcmp(v, "keep")) c->drop_aux = 0;
+      else if (!strcmp(v, "drop")) c->drop_aux = 1;
+      else break;
+      return KD_OK;
+    }
     break;
   default: break;
   }
@@ -248,7 +278,9 @@ static int cmd_fit(int argc, char **argv) {
   }
   if (kd_tw_spec && kd_apply_task_spec(kd_tw_spec, "task-weight", c.schema_path, c.task_weight, &e)) die(&e);
   if (kd_huber_spec && kd_apply_task_spec(kd_huber_spec, "huber", c.schema_path, c.huber_delta, &e)) die(&e);
+  if (kd_lambda_spec && kd_apply_task_spec(kd_lambda_spec, "lambda", c.schema_path, c.lambda, &e)) die(&e);
   if (kd_fit_run(&c, &e)) die(&e);
+  if (c.distill) printf("coverage %.6f\n", c.coverage);
   printf("examples_per_sec %.0f train_seconds %.2f\n", c.examples_per_sec, c.train_seconds);
   return 0;
 }
@@ -372,6 +404,48 @@ static int cmd_baseline(int argc, char **argv) {
   return 0;
 }
 
+static int cmd_label(int argc, char **argv) {
+  struct kd_err e = {0};
+  struct kd_label_config c;
+  memset(&c, 0, sizeof c);
+  for (int i = 1; i < argc; i++)
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      fprintf(stderr, "usage: kdrank-train label --teacher T.kdr --data D.tsv --store STORE --teacher-version V\n"
+                      "         [--schema S.json (default: schema.json next to D)] [--threads N (default 2)]\n"
+                      "         [--no-cache] [--quiet]\n"
+                      "  scores D with the teacher and writes one logit per teacher task per example into\n"
+                      "  version V of STORE (a SQLite path, sqlite:PATH or a postgresql:// URI).\n");
+      return 0;
+    }
+  c.teacher_path = kd_arg(argc, argv, "--teacher", NULL);
+  c.data_path = kd_arg(argc, argv, "--data", NULL);
+  c.schema_path = kd_arg(argc, argv, "--schema", NULL);
+  c.store = kd_arg(argc, argv, "--store", NULL);
+  c.version = kd_arg(argc, argv, "--teacher-version", NULL);
+  c.threads = (uint32_t)kd_arg_u64(argc, argv, "--threads", 2);
+  c.load.use_cache = 1;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--no-cache")) c.load.use_cache = 0;
+    else if (!strcmp(argv[i], "--quiet")) c.quiet = 1;
+    else if (!strncmp(argv[i], "--", 2)) {
+      static const char *known[] = {"--teacher", "--data", "--schema", "--store", "--teacher-version", "--threads"};
+      int ok = 0;
+      for (size_t k = 0; k < sizeof known / sizeof known[0]; k++) ok |= !strcmp(argv[i], known[k]);
+      if (!ok || i + 1 >= argc) {
+        kd_err_set(&e, KD_ERR_INVALID, "label: unknown flag or missing value '%s' (label --help)", argv[i]);
+        die(&e);
+      }
+      i++;
+    } else {
+      kd_err_set(&e, KD_ERR_INVALID, "label: unexpected argument '%s'", argv[i]);
+      die(&e);
+    }
+  }
+  if (kd_label_run(&c, &e)) die(&e);
+  printf("labels %llu labels_per_sec %.0f seconds %.2f\n", (unsigned long long)c.rows, c.labels_per_sec, c.seconds);
+  return 0;
+}
+
 static int cmd_publish(int argc, char **argv) {
   struct kd_err e = {0};
   const char *repo = kd_arg(argc, argv, "--repo", NULL), *model = kd_arg(argc, argv, "--model", NULL);
@@ -398,6 +472,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "synth")) return cmd_synth(argc - 1, argv + 1);
   if (!strcmp(argv[1], "convert")) return cmd_convert(argc - 1, argv + 1);
   if (!strcmp(argv[1], "baseline")) return cmd_baseline(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "label")) return cmd_label(argc - 1, argv + 1);
   if (!strcmp(argv[1], "publish")) return cmd_publish(argc - 1, argv + 1);
   fprintf(stderr, "kdrank-train: unknown command '%s'\n", argv[1]);
   kd_usage();

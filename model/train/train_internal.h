@@ -41,4 +41,16 @@ double kd_now(void);
 void kd_sc(struct kd_schema *s, const char *name, uint32_t role, int32_t index);
 void kd_sf(struct kd_schema *s, const char *name, uint32_t kind, uint32_t group, uint32_t dim, uint64_t rows);
 void kd_st(struct kd_schema *s, const char *name, uint32_t type, uint32_t xform);
+/* A pinned teacher version joined onto a table (distill.c). */
+struct kd_distill_info {
+  char teacher[256], version[64], backend[16];
+  uint32_t manifest_teacher_crc;
+  int32_t col[KD_MAX_TASKS];   /* store column of each distilled task */
+  uint64_t n_examples, n_labelled, n_stored;
+  double coverage;
+};
+/* Opens STORE@VERSION read-only and fills tab->soft (n, n_names) with the teacher logits of the
+ * named tasks (NaN where the example has no label); coverage in info. */
+int kd_distill_attach(const char *pin, const char *const *task_names, uint32_t n_names,
+                      struct kd_table *tab, struct kd_distill_info *info, struct kd_err *e);
 #endif

@@ -112,9 +112,22 @@ static uint32_t kd_ti_shared(const struct kd_trainer *t, uint32_t l) {
 }
 
 /* ---------------------------------------------------------------- losses */
+/* The target of loss term lt for table row r (NaN: none). */
+static inline float kd_term_y(const struct kd_table *tab, const struct kd_loss_term *lt, uint64_t r) {
+  if (lt->source == KD_TARGET_TEACHER) return tab->soft[r * tab->n_soft + lt->target];
+  return tab->labels[r * tab->n_tasks + lt->target];
+}
+
 double kd_loss_eval(uint32_t kind, float delta, float z, float y, float *d) {
   double r = (double)z - (double)y;
   switch (kind) {
+  case KD_LOSS_SOFT_BCE: {
+    /* T^2 * BCE(p, s(z/T)), p = s(t/T); d/dz = T (s(z/T) - p) */
+    double T = delta, u = (double)z / T, p = 1.0 / (1.0 + exp(-(double)y / T));
+    double l = (u > 0 ? u : 0) - u * p + log1p(exp(-fabs(u)));
+    *d = (float)(T * (1.0 / (1.0 + exp(-u)) - p));
+    return T * T * l;
+  }
   case KD_LOSS_BCE: {
     double zz = z;
     double l = (zz > 0 ? zz : 0) - zz * y + log1p(exp(-fabs(zz)));
@@ -256,7 +269,7 @@ static void kd_shard_backward(struct kd_trainer *t, struct kd_ws *w) {
     const float *lg = w->logit + (size_t)lt->task * w->cap;
     double s = 0;
     for (uint32_t i = 0; i < m; i++) {
-      float y = tab->labels[w->rows[i] * tab->n_tasks + lt->target];
+      float y = kd_term_y(tab, lt, w->rows[i]);
       if (isnan(y)) continue;
       float d;
       s += kd_loss_eval(lt->kind, lt->delta, lg[i], y, &d);
@@ -530,9 +543,9 @@ kd_trainer *kd_trainer_create(struct kd_model *m, const struct kd_train_params *
   }
   for (uint32_t q = 0; q < p->n_loss; q++) {
     const struct kd_loss_term *lt = &p->loss[q];
-    if (lt->task >= m->arch.n_tasks || lt->target >= KD_MAX_TASKS || lt->kind > KD_LOSS_HUBER ||
-        lt->source != KD_TARGET_LABEL || !(lt->weight >= 0) ||
-        (lt->kind == KD_LOSS_HUBER && !(lt->delta > 0))) {
+    if (lt->task >= m->arch.n_tasks || lt->target >= KD_MAX_TASKS || lt->kind > KD_LOSS_SOFT_SQ ||
+        lt->source > KD_TARGET_TEACHER || !(lt->weight >= 0) ||
+        ((lt->kind == KD_LOSS_HUBER || lt->kind == KD_LOSS_SOFT_BCE) && !(lt->delta > 0))) {
       kd_err_set(e, KD_ERR_INVALID, "loss term %u: task %u target %u kind %u weight %g delta %g out of range",
                  q, lt->task, lt->target, lt->kind, lt->weight, lt->delta);
       return NULL;
@@ -682,15 +695,20 @@ static int kd_use_table(kd_trainer *t, const struct kd_table *tab, struct kd_err
 }
 
 static int kd_check_rows(kd_trainer *t, const struct kd_table *tab, const uint64_t *rows, uint64_t n,
-                         struct kd_err *e) {
+                         int need_targets, struct kd_err *e) {
   /* label columns need not match the heads one to one (auxiliary heads have no label column):
    * every loss term's target must exist in the table */
   if (tab->n_features != t->a.n_features)
     return kd_err_set(e, KD_ERR_INVALID, "table has %u features, model %u", tab->n_features, t->a.n_features);
-  for (uint32_t q = 0; q < t->p.n_loss; q++)
-    if (t->p.loss[q].target >= tab->n_tasks)
+  for (uint32_t q = 0; q < t->p.n_loss && need_targets; q++) {
+    const struct kd_loss_term *lt = &t->p.loss[q];
+    if (lt->source == KD_TARGET_TEACHER && (!tab->soft || lt->target >= tab->n_soft))
+      return kd_err_set(e, KD_ERR_INVALID, "loss term %u reads teacher column %u, the table has %u", q,
+                        lt->target, tab->soft ? tab->n_soft : 0);
+    if (lt->source == KD_TARGET_LABEL && lt->target >= tab->n_tasks)
       return kd_err_set(e, KD_ERR_INVALID, "loss term %u reads label column %u, the table has %u", q,
-                        t->p.loss[q].target, tab->n_tasks);
+                        lt->target, tab->n_tasks);
+  }
   for (uint64_t i = 0; i < n; i++)
     if (rows[i] >= tab->n)
       return kd_err_set(e, KD_ERR_RANGE, "row %llu out of the table's %llu", (unsigned long long)rows[i],
@@ -710,7 +728,7 @@ int kd_trainer_grad(kd_trainer *t, const struct kd_table *tab, const uint64_t *r
                     double *loss_out, double *task_loss, struct kd_err *e) {
   if (n == 0 || n > t->p.max_batch)
     return kd_err_set(e, KD_ERR_RANGE, "batch of %u rows, expected 1..%u", n, t->p.max_batch);
-  int rc = kd_check_rows(t, tab, rows, n, e);
+  int rc = kd_check_rows(t, tab, rows, n, 1, e);
   if (rc) return rc;
   /* a new grad call: no embedding row touched yet (slots are zeroed when first touched) */
   for (uint32_t f = 0; f < t->a.n_features; f++) t->n_touched[f] = 0;
@@ -727,7 +745,7 @@ int kd_trainer_grad(kd_trainer *t, const struct kd_table *tab, const uint64_t *r
   for (uint32_t q = 0; q < t->p.n_loss; q++) {
     const struct kd_loss_term *lt = &t->p.loss[q];
     uint64_t cnt = 0;
-    for (uint32_t i = 0; i < n; i++) cnt += !isnan(tab->labels[rows[i] * tab->n_tasks + lt->target]);
+    for (uint32_t i = 0; i < n; i++) cnt += !isnan(kd_term_y(tab, lt, rows[i]));
     t->term_w[q] = cnt ? lt->weight / (double)cnt : 0.0;
   }
   kd_shard(t, rows, n);
@@ -768,7 +786,7 @@ double kd_trainer_last_grad_norm(const kd_trainer *t) { return t->last_norm; }
 
 int kd_trainer_predict(kd_trainer *t, const struct kd_table *tab, const uint64_t *rows, uint64_t n,
                        float *logits, struct kd_err *e) {
-  int rc = kd_check_rows(t, tab, rows, n, e);
+  int rc = kd_check_rows(t, tab, rows, n, 0, e);
   if (rc) return rc;
   t->tab = tab;
   t->fwd_only = 1;
