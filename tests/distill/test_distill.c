@@ -3,7 +3,7 @@
  * and soft terms, and the label -> student pipeline against a real store (SQLite file, or the
  * PostgreSQL URI given): teacher labels equal the oracle's logits, immutability, WRITING versions
  * unreadable, coverage refusal, direct with alpha 0 equal to no distillation, aux heads kept or
- * dropped, provenance.
+ * dropped, provenance, a cross-domain teacher through the feature mapping.
  * Usage: test_distill --sqlite | --pg URI */
 #include <math.h>
 #include <stdio.h>
@@ -158,6 +158,8 @@ static char g_dir[256], g_store[1024];
 
 static void path(char *out, size_t cap, const char *name) { snprintf(out, cap, "%s/%s", g_dir, name); }
 
+static const char *g_tasks; /* --distill-tasks of the next fit (NULL: all) */
+
 static int fit(const char *out, uint32_t distill, float alpha, const char *labels, float min_cov, int drop_aux,
                double *coverage, struct kd_err *e) {
   struct kd_fit_config c;
@@ -182,6 +184,7 @@ static int fit(const char *out, uint32_t distill, float alpha, const char *label
   c.min_coverage = min_cov;
   c.drop_aux = drop_aux;
   c.temperature = 2.0f;
+  c.distill_tasks = g_tasks;
   int rc = kd_fit_run(&c, e);
   if (coverage) *coverage = c.coverage;
   return rc;
@@ -358,6 +361,45 @@ static void check_pipeline(void) {
   /* an unknown version */
   snprintf(pin, sizeof pin, "%s@nope", g_store);
   CHECK(fit(out2, KD_DISTILL_DIRECT, 0.5f, pin, 0.0f, 0, NULL, &e) == KD_ERR_NOT_FOUND);
+
+  /* cross-domain: a teacher of the other synthetic domain (features and tasks differ) labels this
+   * data through the feature mapping; only tasks with a counterpart can be distilled */
+  char d1[512], t1[512], tr1[512], te1[512], sc1[512];
+  path(d1, sizeof d1, "d1");
+  struct kd_synth_params sp1 = {.seed = 9, .n_train = 2000, .n_test = 500, .n_users = 200, .n_items = 100, .domain = 1};
+  REQUIRE(kd_synth_write(d1, sp1, &e) == KD_OK);
+  path(t1, sizeof t1, "teacher_d1.kdr");
+  path(tr1, sizeof tr1, "d1/train.tsv");
+  path(te1, sizeof te1, "d1/test.tsv");
+  path(sc1, sizeof sc1, "d1/schema.json");
+  struct kd_fit_config c1;
+  kd_fit_defaults(&c1);
+  c1.train_path = tr1;
+  c1.test_path = te1;
+  c1.schema_path = sc1;
+  c1.out_path = t1;
+  c1.arch = "tiny";
+  c1.epochs = 1;
+  c1.quiet = 1;
+  REQUIRE(kd_fit_run(&c1, &e) == KD_OK);
+  char xv[64];
+  snprintf(xv, sizeof xv, "x-%d", (int)getpid());
+  lc.teacher_path = t1;
+  lc.data_path = tr;
+  lc.schema_path = sc;
+  lc.version = xv;
+  REQUIRE(kd_label_run(&lc, &e) == KD_OK);
+  CHECK(lc.rows == 3000);
+  CHECKF(lc.mapped > 0 && lc.defaulted > 0, "mapped %llu defaulted %llu", (unsigned long long)lc.mapped,
+         (unsigned long long)lc.defaulted);
+  snprintf(pin, sizeof pin, "%s@%s", g_store, xv);
+  path(out2, sizeof out2, "xdomain.kdr");
+  g_tasks = "click";
+  CHECK(fit(out2, KD_DISTILL_AUX, 0.5f, pin, 0.99f, 0, &cov, &e) == KD_OK);
+  g_tasks = "watch_time";
+  CHECK(fit(out2, KD_DISTILL_AUX, 0.5f, pin, 0.99f, 0, &cov, &e) == KD_ERR_NOT_FOUND);
+  CHECKF(strstr(e.msg, "watch_time") != NULL, "message: %s", e.msg);
+  g_tasks = NULL;
 
   kd_labelstore_close(st);
   kd_table_free(&tab);
