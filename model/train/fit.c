@@ -289,8 +289,13 @@ int kd_fit_run(struct kd_fit_config *c, struct kd_err *e) {
       rc = kd_err_set(e, KD_ERR_INVALID, "--distill-tasks: no task given");
       goto done;
     }
+    double t_read = kd_now();
     if ((rc = kd_distill_attach(c->labels, dnames, n_d, &tr, &dinfo, e))) goto done;
+    t_read = kd_now() - t_read;
     c->coverage = dinfo.coverage;
+    if (!c->quiet)
+      fprintf(stderr, "labels: read and joined in %.2f s (%.0f labels/s)\n", t_read,
+              t_read > 0 ? (double)dinfo.n_stored / t_read : 0);
     if (!c->quiet)
       fprintf(stderr, "labels: version %s (%s, teacher %s): coverage %.4f (%llu of %llu training examples; %llu stored)\n",
               dinfo.version, dinfo.backend, dinfo.teacher, dinfo.coverage,
