@@ -58,7 +58,8 @@ static void check_aux_grads(float T) {
   uint32_t n_lab = a.n_tasks;
   for (uint32_t k = 0; k < n_lab; k++) {
     a.tasks[a.n_tasks] = a.tasks[k];
-    snprintf(a.tasks[a.n_tasks].name, KD_NAME_MAX, "%s_aux", a.tasks[k].name);
+    REQUIRE(strlen(a.tasks[k].name) + 5 <= KD_NAME_MAX);
+    strcat(a.tasks[a.n_tasks].name, "_aux");
     a.tasks[a.n_tasks].served = 0;
     a.n_tasks++;
   }
