@@ -202,7 +202,7 @@ def plot(res, w, args):
                         row += ["%.6f" % m, "%.6f" % sd]
             f.write(" ".join(row) + "\n")
     png = os.path.join(args.out, "%s_distill.png" % res["dataset"])
-    gp = ["set terminal png size %d,420" % (420 * len(tasks)), "set output '%s'" % png,
+    gp = ["set terminal png noenhanced size %d,420" % (420 * len(tasks)), "set output '%s'" % png,
           "set multiplot layout 1,%d title '%s: students vs teacher size (mean +- sd over %d seeds)'" %
           (len(tasks), res["dataset"], args.seeds),
           "set logscale x 2", "set xrange [0.8:5]", "set xtics (1,2,4)", "set xlabel 'teacher size (x student)'",
