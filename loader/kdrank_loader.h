@@ -103,8 +103,9 @@ uint32_t kd_crc32c(uint32_t crc, const void *buf, size_t len);
  * Layout: <repo>/<model>/<version>/model.kdr, <model> a name of [A-Za-z0-9._-] (< KD_NAME_MAX
  * bytes), <version> a positive decimal integer. kd_registry_open scans the repository and, for
  * each model, loads the highest version that verifies (a failing one is logged, recorded as
- * FAILED and skipped). A loaded version is a kd_version: the open checkpoint, its kd_plan, one
- * kd_scratch per worker slot and an atomic reference count.
+ * FAILED and skipped). A loaded version is a kd_version: its kd_plan, a copy of the checkpoint's
+ * metadata, one kd_scratch per worker slot and an atomic reference count. The checkpoint itself is
+ * closed once the plan is built (the plan copies the weights): a version's memory is the plan's.
  *
  * Each model's current ("stable") version is ONE atomic pointer. Readers call kd_registry_acquire
  * (which takes a reference) and kd_registry_release when done; a swap is a single atomic exchange
@@ -177,7 +178,11 @@ uint32_t kd_version_model_index(const kd_version *v);
 const char *kd_version_model(const kd_version *v);
 int64_t kd_version_number(const kd_version *v);
 const char *kd_version_label(const kd_version *v); /* "stable" (canary later) */
-const kd_ckpt *kd_version_ckpt(const kd_version *v);
+uint32_t kd_version_crc(const kd_version *v);        /* kd_ckpt_crc of its checkpoint */
+uint64_t kd_version_file_bytes(const kd_version *v); /* checkpoint file size */
+/* The checkpoint's metadata entries (copied at load, file order); NULL past the end. */
+uint32_t kd_version_n_meta(const kd_version *v);
+const struct kd_meta *kd_version_meta_at(const kd_version *v, uint32_t i);
 const kd_plan *kd_version_plan(const kd_version *v);
 const struct kd_arch *kd_version_arch(const kd_version *v);
 /* Scratch slot (0 <= slot < n_scratch): one thread at a time per slot. */

@@ -23,7 +23,10 @@ struct kd_version {
   const char *model_name;    /* points into the slot (outlives every version) */
   int64_t number;
   int64_t loaded_unix_ms;
-  kd_ckpt *ckpt;
+  uint32_t crc;              /* kd_ckpt_crc of the checkpoint */
+  uint64_t file_bytes;
+  uint32_t n_meta;
+  struct kd_meta *meta;      /* [n_meta] copies, keys and strings in the same block */
   kd_plan *plan;
   uint32_t n_scratch;
   kd_scratch **scratch;      /* [n_scratch] */
@@ -102,11 +105,42 @@ static void version_destroy(struct kd_version *v) {
     free(v->scratch);
   }
   kd_plan_free(v->plan);
-  kd_ckpt_close(v->ckpt);
+  free(v->meta);
   free(v);
 }
 
-/* Builds a version from its checkpoint file: open + verify, plan, scratches. No lock held. */
+/* Copies the checkpoint's metadata (keys and string values included) into one block owned by v. */
+static int version_copy_meta(struct kd_version *v, const kd_ckpt *c) {
+  uint32_t n = kd_ckpt_n_meta(c);
+  size_t bytes = n * sizeof(struct kd_meta);
+  for (uint32_t i = 0; i < n; i++) {
+    const struct kd_meta *m = kd_ckpt_meta_at(c, i);
+    bytes += strlen(m->key) + 1 + (m->type == KD_META_STR ? strlen(m->v.s) + 1 : 0);
+  }
+  v->meta = malloc(bytes ? bytes : 1);
+  if (!v->meta) return -1;
+  char *at = (char *)(v->meta + n);
+  for (uint32_t i = 0; i < n; i++) {
+    const struct kd_meta *m = kd_ckpt_meta_at(c, i);
+    v->meta[i] = *m;
+    size_t k = strlen(m->key) + 1;
+    memcpy(at, m->key, k);
+    v->meta[i].key = at;
+    at += k;
+    if (m->type == KD_META_STR) {
+      size_t l = strlen(m->v.s) + 1;
+      memcpy(at, m->v.s, l);
+      v->meta[i].v.s = at;
+      at += l;
+    }
+  }
+  v->n_meta = n;
+  return 0;
+}
+
+/* Builds a version from its checkpoint file: open + verify, plan, metadata copy, scratches; then
+ * closes the checkpoint (the plan holds its own copy of the weights, so a loaded version costs
+ * the plan's bytes, not the plan plus the mapped file). No lock held. */
 static struct kd_version *version_build(kd_registry *r, uint32_t mi, int64_t number,
                                         struct kd_err *e) {
   struct kd_slot *s = &r->slots[mi];
@@ -126,11 +160,19 @@ static struct kd_version *version_build(kd_registry *r, uint32_t mi, int64_t num
   v->model_index = mi;
   v->model_name = s->name;
   v->number = number;
-  v->ckpt = kd_ckpt_open(path, e);
-  if (!v->ckpt) goto fail;
+  kd_ckpt *ck = kd_ckpt_open(path, e);
+  if (!ck) goto fail;
   struct kd_plan_params pp = {.kernel = r->p.kernel, .flat = 0};
-  v->plan = kd_plan_create(kd_ckpt_model(v->ckpt), pp, e);
+  v->plan = kd_plan_create(kd_ckpt_model(ck), pp, e);
+  v->crc = kd_ckpt_crc(ck);
+  v->file_bytes = kd_ckpt_file_size(ck);
+  int meta_ok = v->plan && version_copy_meta(v, ck) == 0;
+  kd_ckpt_close(ck);
   if (!v->plan) goto fail;
+  if (!meta_ok) {
+    kd_err_set(e, KD_ERR_NOMEM, "%s: out of memory for the metadata copy", path);
+    goto fail;
+  }
   v->n_scratch = r->p.n_scratch;
   v->scratch = calloc(v->n_scratch, sizeof *v->scratch);
   if (!v->scratch) {
@@ -186,7 +228,7 @@ static void slot_publish(kd_registry *r, uint32_t mi, struct kd_version *v) {
   pthread_mutex_lock(&s->mu);
   struct kd_version *old = atomic_exchange_explicit(&s->stable, v, memory_order_acq_rel);
   if (old) record_state(s, old->number, "UNLOADING", "");
-  record_add(s, v->number, "AVAILABLE", "stable", NULL, v->loaded_unix_ms, kd_ckpt_crc(v->ckpt));
+  record_add(s, v->number, "AVAILABLE", "stable", NULL, v->loaded_unix_ms, v->crc);
   pthread_mutex_unlock(&s->mu);
   if (old) kd_registry_release(old);
 }
@@ -207,8 +249,8 @@ static int slot_try_load(kd_registry *r, uint32_t mi, int64_t number, struct kd_
   atomic_fetch_add_explicit(&s->loads_ok, 1, memory_order_relaxed);
   reg_log(r, KD_LOG_INFO, "model_loaded",
           "model=%s version=%lld file_bytes=%llu plan_bytes=%zu kernel=%s crc=%08x", s->name,
-          (long long)number, (unsigned long long)kd_ckpt_file_size(v->ckpt),
-          kd_plan_bytes(v->plan), kd_kernel_name(kd_plan_kernel(v->plan)), kd_ckpt_crc(v->ckpt));
+          (long long)number, (unsigned long long)v->file_bytes,
+          kd_plan_bytes(v->plan), kd_kernel_name(kd_plan_kernel(v->plan)), v->crc);
   slot_publish(r, mi, v);
   return KD_OK;
 }
@@ -455,7 +497,12 @@ uint32_t kd_version_model_index(const kd_version *v) { return v->model_index; }
 const char *kd_version_model(const kd_version *v) { return v->model_name; }
 int64_t kd_version_number(const kd_version *v) { return v->number; }
 const char *kd_version_label(const kd_version *v) { (void)v; return "stable"; }
-const kd_ckpt *kd_version_ckpt(const kd_version *v) { return v->ckpt; }
+uint32_t kd_version_crc(const kd_version *v) { return v->crc; }
+uint64_t kd_version_file_bytes(const kd_version *v) { return v->file_bytes; }
+uint32_t kd_version_n_meta(const kd_version *v) { return v->n_meta; }
+const struct kd_meta *kd_version_meta_at(const kd_version *v, uint32_t i) {
+  return i < v->n_meta ? &v->meta[i] : NULL;
+}
 const kd_plan *kd_version_plan(const kd_version *v) { return v->plan; }
 const struct kd_arch *kd_version_arch(const kd_version *v) { return kd_plan_arch(v->plan); }
 kd_scratch *kd_version_scratch(const kd_version *v, uint32_t slot) {
