@@ -13,6 +13,8 @@
            rate meeting the p99 SLO is below capacity and the ramp stops at the first failing step.
   cap    : asked twice the peer's capacity with --max-inflight 4: the cap is hit and reported, never
            exceeded, and the wait shows in the latency from intended send times only.
+  serve  : against kdrank-serve itself (tiny model): random requests and kdrank-ckpt requests replayed,
+           no errors, every answer from version 1. Usage: run_load_test.py serve LOAD PROTO SERVE CKPT
   canary : the peer answers 30% of routing keys as "canary"; --scenario canary must pass, and a
            wrong --canary-weight must fail (exit 3).
 Usage: run_load_test.py TEST KDRANK_LOAD PROTO_DIR"""
@@ -238,8 +240,52 @@ def test_cap(binary, proto):
         j["issued"], j["unsent_at_end"]))
 
 
+def test_serve(binary, proto, serve, ckpt_tool):
+    """kdrank-load against kdrank-serve itself: a tiny model, random and replayed requests."""
+    import re, threading
+    d = tempfile.mkdtemp(prefix="kd_serve_")
+    os.makedirs(os.path.join(d, "repo", "tiny", "1"))
+    ck = os.path.join(d, "repo", "tiny", "1", "model.kdr")
+    subprocess.run([ckpt_tool, "random", "--preset", "tiny", "--name", "tiny", "-o", ck], check=True, capture_output=True)
+    req = os.path.join(d, "req.json")
+    with open(req, "w") as f:
+        for seed, n in ((1, 3), (2, 40)):
+            f.write(subprocess.run([ckpt_tool, "request", "--model", ck, "--candidates", str(n), "--seed", str(seed)],
+                                   check=True, capture_output=True, text=True).stdout + "\n")
+    p = subprocess.Popen([serve, "--model-repo", os.path.join(d, "repo"), "--listen", "127.0.0.1:0",
+                          "--metrics-listen", "", "--threads", "1"], stderr=subprocess.PIPE, text=True)
+    atexit.register(lambda: p.poll() is None and (p.kill(), p.wait()))
+    port = None
+    for line in p.stderr:
+        m = re.search(r"event=listening.*port=(\d+)", line)
+        if m:
+            port = int(m.group(1))
+            break
+    if port is None:
+        sys.exit("kdrank-serve did not start")
+    threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+    target = "ipv4:127.0.0.1:%d" % port
+    j = load(binary, target, "--rate", 200, "--duration", 2, "--warmup", 0.5, "--candidates", "1:200")
+    r = load(binary, target, "--rate", 100, "--duration", 1.5, "--warmup", 0, "--replay", req)
+    p.terminate()
+    p.wait(timeout=15)
+    check(j["errors"] == 0 and j["ok"] == j["issued"] - j["warmup_calls"], "random requests: %d ok, %d errors %s" % (
+        j["ok"], j["errors"], j["errors_by_status"]))
+    check([(v["version"], v["ok"]) for v in j["versions"]] == [(1, j["ok"])], "every answer from version 1: %s" % (
+        [(v["version"], v["label"], v["ok"]) for v in j["versions"]]))
+    check(j["model"]["name"] == "tiny" and 1 <= j["model"]["mean_candidates"] <= 200, "metadata: %s" % j["model"])
+    check(r["errors"] == 0 and r["ok"] == r["issued"], "replayed kdrank-ckpt requests: %d ok, %d errors %s" % (
+        r["ok"], r["errors"], r["errors_by_status"]))
+    check(abs(r["model"]["mean_candidates"] - 21.5) < 1e-9, "both replayed requests in the pool (mean %g)" % (
+        r["model"]["mean_candidates"]))
+
+
 if __name__ == "__main__":
     test, binary, proto = sys.argv[1], sys.argv[2], sys.argv[3]
+    if test == "serve":
+        test_serve(binary, proto, sys.argv[4], sys.argv[5])
+        print("%d failed" % failures)
+        sys.exit(1 if failures else 0)
     {"co": test_co, "errors": test_errors, "canary": test_canary, "replay": test_replay, "swap": test_swap, "ramp": test_ramp, "cap": test_cap}[test](binary, proto)
     print("%d failed" % failures)
     sys.exit(1 if failures else 0)
