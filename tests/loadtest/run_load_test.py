@@ -240,6 +240,29 @@ def test_cap(binary, proto):
         j["issued"], j["unsent_at_end"]))
 
 
+def test_cli(binary, proto):
+    """Bad flags exit 2 naming the flag; no server exits 1 at once naming the address."""
+    def run(*args):
+        return subprocess.run([binary] + [str(x) for x in args], capture_output=True, text=True, timeout=20)
+    for args, needle in ((["--rate", "1"], "--target is required"),
+                         (["--target", "ipv4:127.0.0.1:1", "--rate", "abc"], "--rate: expected a number"),
+                         (["--target", "ipv4:127.0.0.1:1", "--max-inflight", 4294967297], "--max-inflight: expected at most"),
+                         (["--target", "ipv4:127.0.0.1:1", "--candidates", "9:3"], "--candidates"),
+                         (["--target", "ipv4:127.0.0.1:1", "--scenario", "x"], "--scenario"),
+                         (["--target", "ipv4:127.0.0.1:1", "--scenario", "swap"], "swap: needs"),
+                         (["--target", "ipv4:127.0.0.1:1", "--scenario", "canary"], "--canary-weight"),
+                         (["--target", "ipv4:127.0.0.1:1", "--bogus", "1"], "unknown option --bogus")):
+        r = run(*args)
+        check(r.returncode == 2 and needle in r.stderr, "%s -> exit %d, %r" % (args, r.returncode, r.stderr.strip()[:120]))
+    t0 = time.monotonic()
+    r = run("--target", "ipv4:127.0.0.1:1", "--duration", 1)
+    check(r.returncode == 1 and "ipv4:127.0.0.1:1" in r.stderr and "UNAVAILABLE" in r.stderr and
+          time.monotonic() - t0 < 10, "no server: exit %d in %.1f s: %r" % (r.returncode, time.monotonic() - t0,
+                                                                          r.stderr.strip()[:120]))
+    r = run("--help")
+    check(r.returncode == 0 and "--slo-p99" in r.stdout, "--help lists the options")
+
+
 def test_serve(binary, proto, serve, ckpt_tool):
     """kdrank-load against kdrank-serve itself: a tiny model, random and replayed requests."""
     import re, threading
@@ -286,6 +309,6 @@ if __name__ == "__main__":
         test_serve(binary, proto, sys.argv[4], sys.argv[5])
         print("%d failed" % failures)
         sys.exit(1 if failures else 0)
-    {"co": test_co, "errors": test_errors, "canary": test_canary, "replay": test_replay, "swap": test_swap, "ramp": test_ramp, "cap": test_cap}[test](binary, proto)
+    {"co": test_co, "errors": test_errors, "canary": test_canary, "replay": test_replay, "swap": test_swap, "ramp": test_ramp, "cap": test_cap, "cli": test_cli}[test](binary, proto)
     print("%d failed" % failures)
     sys.exit(1 if failures else 0)
