@@ -102,12 +102,15 @@ def test_co(binary, proto):
 
 def test_errors(binary, proto):
     peer = Peer(proto, "--fail-share", "0.25", "--fail-code", "UNAVAILABLE", "--seed", "11")
+    d = tempfile.mkdtemp(prefix="kd_out_")
+    csv, plot = os.path.join(d, "run.csv"), os.path.join(d, "run")
     j = load(binary, peer.target, "--rate", 500, "--duration", 2.5, "--warmup", 0, "--candidates", "5:50",
-             "--connections", 3)
+             "--connections", 3, "--csv", csv, "--plot", plot)
     s = peer.stop()
     n = j["ok"] + j["errors"]
     unavail = j["errors_by_status"].get("UNAVAILABLE", 0)
-    print("client: issued %d ok %d errors %s; server: %s" % (j["issued"], j["ok"], j["errors_by_status"], s))
+    print("client: issued %d ok %d errors %s; server: calls %d ok %d failed %d invalid %d" % (
+        j["issued"], j["ok"], j["errors_by_status"], s["calls"], s["ok"], s["failed"], s["invalid"]))
     check(n == j["issued"] and n > 800, "every issued call accounted for (%d of %d)" % (n, j["issued"]))
     check(unavail == j["errors"], "all errors are UNAVAILABLE (%d of %d)" % (unavail, j["errors"]))
     check(unavail == s["failed"], "client UNAVAILABLE %d == server injected failures %d" % (unavail, s["failed"]))
@@ -117,6 +120,16 @@ def test_errors(binary, proto):
     check(abs(share - 0.25) <= 4 * sd, "error share %.4f within 4 sd (%.4f) of 0.25" % (share, sd))
     by_iv = sum(iv["err"] for iv in j["intervals"])
     check(by_iv == j["errors"], "per-interval errors sum %d == total %d" % (by_iv, j["errors"]))
+    with open(csv) as f:
+        rows = [l.strip().split(",") for l in f]
+    hdr = rows[0]
+    col = {k: i for i, k in enumerate(hdr)}
+    check(hdr[:5] == ["second", "warmup", "asked", "ok", "err"], "CSV header %s" % hdr)
+    check(sum(int(r[col["ok"]]) for r in rows[1:]) == j["ok"] and sum(int(r[col["err"]]) for r in rows[1:]) == j["errors"]
+          and sum(int(r[col["asked"]]) for r in rows[1:]) == j["issued"], "CSV series sums to the totals")
+    for png in (plot + "-spectrum.png", plot + "-latency.png"):
+        with open(png, "rb") as f:
+            check(f.read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(png) > 5000, "%s is a PNG plot" % os.path.basename(png))
 
 
 def test_canary(binary, proto):
