@@ -85,7 +85,7 @@ def test_co(binary, proto):
     # ~60 of ~750 measured calls are scheduled inside the 200 ms stall: the slowest 1% waited most of it
     check(lat["p99_ms"] >= 100, "open loop: p99 %.1f ms >= 100 ms (the stall shows)" % lat["p99_ms"])
     check(lat["max_ms"] >= 150, "open loop: max %.1f ms >= 150 ms" % lat["max_ms"])
-    check(lat["p50_ms"] < 50, "open loop: p50 %.1f ms < 50 ms (the rest is fast)" % lat["p50_ms"])
+    check(lat["p50_ms"] < lat["p99_ms"] / 2, "open loop: p50 %.1f ms well under p99 (the stall is in the tail)" % lat["p50_ms"])
     check(op["errors"] == 0, "open loop: no errors (%d)" % op["errors"])
 
     peer = Peer(proto, "--pause-at", "1.5", "--pause-ms", "200")
@@ -246,8 +246,8 @@ def test_cap(binary, proto):
     check(j["inflight_cap_hits"] > 0 and j["inflight_cap_wait_s"] > 0.5, "the cap was hit and reported")
     check(j["max_inflight"] == 4, "never more than 4 calls in flight (%d)" % j["max_inflight"])
     check(j["achieved_rate"] < 120, "achieved %.0f/s is the server's capacity, not the asked 200/s" % j["achieved_rate"])
-    check(svc["p99_ms"] < 100, "from actual send the wait is hidden (p99 %.1f ms)" % svc["p99_ms"])
-    check(lat["p99_ms"] > 500, "from intended send it is not (p99 %.1f ms)" % lat["p99_ms"])
+    check(lat["p99_ms"] > 500, "from intended send the wait shows (p99 %.1f ms)" % lat["p99_ms"])
+    check(svc["p99_ms"] < lat["p99_ms"] / 4, "from actual send it is hidden (p99 %.1f ms)" % svc["p99_ms"])
     check(j["issued"] == s["calls"] and j["errors"] == 0, "every issued call reached the server once")
     check(abs(j["issued"] + j["unsent_at_end"] - 400) <= 1, "issued %d + never sent %d == the 400 scheduled" % (
         j["issued"], j["unsent_at_end"]))
@@ -289,7 +289,8 @@ def test_serve(binary, proto, serve, ckpt_tool):
             f.write(subprocess.run([ckpt_tool, "request", "--model", ck, "--candidates", str(n), "--seed", str(seed)],
                                    check=True, capture_output=True, text=True).stdout + "\n")
     p = subprocess.Popen([serve, "--model-repo", os.path.join(d, "repo"), "--listen", "127.0.0.1:0",
-                          "--metrics-listen", "", "--threads", "1"], stderr=subprocess.PIPE, text=True)
+                          "--metrics-listen", "", "--threads", "1", "--drain-timeout-ms", "1000"],
+                         stderr=subprocess.PIPE, text=True)
     atexit.register(lambda: p.poll() is None and (p.kill(), p.wait()))
     port = None
     for line in p.stderr:
@@ -303,8 +304,12 @@ def test_serve(binary, proto, serve, ckpt_tool):
     target = "ipv4:127.0.0.1:%d" % port
     j = load(binary, target, "--rate", 200, "--duration", 2, "--warmup", 0.5, "--candidates", "1:200")
     r = load(binary, target, "--rate", 100, "--duration", 1.5, "--warmup", 0, "--replay", req)
-    p.terminate()
-    p.wait(timeout=15)
+    p.terminate()  # the server's own shutdown is tested in tests/server; here only do not leave it behind
+    try:
+        p.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
     check(j["errors"] == 0 and j["ok"] == j["issued"] - j["warmup_calls"], "random requests: %d ok, %d errors %s" % (
         j["ok"], j["errors"], j["errors_by_status"]))
     check([(v["version"], v["ok"]) for v in j["versions"]] == [(1, j["ok"])], "every answer from version 1: %s" % (
