@@ -26,6 +26,7 @@
 #include <cblas.h>
 
 #include "kdrank_model.h"
+#include "kernels.h" /* kd_scratch_create_tuned: the sgemm-engine comparison */
 
 #define MAX_REQS 8       /* distinct requests per batch size, scored in rotation */
 #define FLOOR_SAMPLES 9  /* 1024^3 sgemm samples taken inside each row */
@@ -198,7 +199,7 @@ static const char *mode_name[3] = {"1", "2-split", "2-blas"};
 
 struct ctx {
   const struct kd_arch *a;
-  kd_scratch *s0, *s1;
+  kd_scratch *s[2][2]; /* [engine][thread]: engine 0 = default, 1 = sgemm for every chunk > 2 */
   struct helper *h;
   const uint32_t *tasks;
   uint32_t n_out;
@@ -206,10 +207,11 @@ struct ctx {
   uint32_t split_min;
 };
 
-static void score_once(struct ctx *c, const kd_plan *p, const struct kd_input *in, int mode) {
+static void score_once(struct ctx *c, const kd_plan *p, const struct kd_input *in, int mode,
+                       int engine) {
   struct kd_err e;
   if (mode != MODE_2SPLIT || in->n_cand < c->split_min) {
-    if (kd_score(p, c->s0, in, c->tasks, c->n_out, c->out, &e) != KD_OK) die("score", &e);
+    if (kd_score(p, c->s[engine][0], in, c->tasks, c->n_out, c->out, &e) != KD_OK) die("score", &e);
     return;
   }
   uint32_t half = in->n_cand / 2;
@@ -219,12 +221,12 @@ static void score_once(struct ctx *c, const kd_plan *p, const struct kd_input *i
   req_slice(c->a, in, 0, half, cols, &mine);
   req_slice(c->a, in, half, in->n_cand - half, h->cols, &h->in);
   h->plan = p;
-  h->scratch = c->s1;
+  h->scratch = c->s[engine][1];
   h->tasks = c->tasks;
   h->n_out = c->n_out;
   h->out = c->out + (size_t)half * c->n_out;
   int g = helper_post(h);
-  if (kd_score(p, c->s0, &mine, c->tasks, c->n_out, c->out, &e) != KD_OK) die("score", &e);
+  if (kd_score(p, c->s[engine][0], &mine, c->tasks, c->n_out, c->out, &e) != KD_OK) die("score", &e);
   while (atomic_load_explicit(&h->done_gen, memory_order_acquire) != g) _mm_pause();
   int rc = h->rc;
   if (rc != KD_OK) die("score (second thread)", NULL);
@@ -328,10 +330,14 @@ int main(int argc, char **argv) {
   kd_model_free(m);
   uint32_t max_b = 0;
   for (uint32_t b = 0; b < n_batches; b++) if (batches[b] > max_b) max_b = batches[b];
-  kd_scratch *s0 = kd_scratch_create(flat, max_b, &e), *s1 = kd_scratch_create(flat, max_b, &e);
-  if (!s0 || !s1) die("scratch", &e);
   uint32_t tasks[KD_MAX_TASKS], n_out = 0;
   for (uint32_t k = 0; k < a.n_tasks; k++) if (a.tasks[k].served) tasks[n_out++] = k;
+  struct ctx c = {.a = &a, .tasks = tasks, .split_min = split_min};
+  for (int t = 0; t < 2; t++) {
+    c.s[0][t] = kd_scratch_create(flat, max_b, &e);
+    c.s[1][t] = kd_scratch_create_tuned(flat, max_b, 0, 2, 0, &e);
+    if (!c.s[0][t] || !c.s[1][t]) die("scratch", &e);
+  }
   float *out = malloc(sizeof(float) * (size_t)max_b * n_out);
   if (!out) die("out of memory", NULL);
 
@@ -339,11 +345,10 @@ int main(int argc, char **argv) {
   pthread_mutex_init(&h.mu, NULL);
   pthread_cond_init(&h.cv, NULL);
   if (pthread_create(&h.th, NULL, helper_main, &h)) die("pthread_create", NULL);
-  struct ctx c = {.a = &a, .s0 = s0, .s1 = s1, .h = &h, .tasks = tasks, .n_out = n_out, .out = out,
-                  .split_min = split_min};
+  c.h = &h;
+  c.n_out = n_out;
+  c.out = out;
 
-  /* the floor: 1024^3 sgemm on 1 and 2 OpenBLAS threads, before and after the sweep; the
-   * faster median is kept (the stricter floor) */
   /* the floor: 1024^3 sgemm on 1 and 2 OpenBLAS threads, sampled inside every row (so a row's
    * ratio sees the same machine load as its latencies) and also before and after the sweep */
   floor_init();
@@ -367,7 +372,7 @@ int main(int argc, char **argv) {
   struct row {
     uint32_t batch;
     int mode;
-    double med, p99, fmed, gflops, rate, floor_us, ratio, speedup;
+    double med, p99, fmed, gmed, gflops, rate, floor_us, ratio, speedup;
   } rows[64];
   uint32_t n_rows = 0;
   for (uint32_t b = 0; b < n_batches; b++) {
@@ -382,32 +387,37 @@ int main(int argc, char **argv) {
       if (reps > 3000) reps = 3000;
     }
     double *ts = malloc(sizeof(double) * (size_t)reps), *tf = malloc(sizeof(double) * (size_t)reps);
-    double tfl[FLOOR_SAMPLES];
-    if (!ts || !tf) die("out of memory", NULL);
+    double *tg = malloc(sizeof(double) * (size_t)reps), tfl[FLOOR_SAMPLES];
+    if (!ts || !tf || !tg) die("out of memory", NULL);
     for (int mode = 0; mode < 3; mode++) {
       if (!modes[mode]) continue;
       set_mode_threads(mode);
       for (int w = 0; w < 3; w++) { /* warm-up: caches, OpenBLAS threads, page faults */
-        score_once(&c, split, &q[w % MAX_REQS].in, mode);
-        score_once(&c, flat, &q[w % MAX_REQS].in, mode);
+        score_once(&c, split, &q[w % MAX_REQS].in, mode, 0);
+        score_once(&c, flat, &q[w % MAX_REQS].in, mode, 0);
+        score_once(&c, split, &q[w % MAX_REQS].in, mode, 1);
       }
       int floor_threads = mode == MODE_1 ? 1 : 2, every = reps / FLOOR_SAMPLES, nf = 0;
       if (every < 1) every = 1;
-      for (int r = 0; r < reps; r++) { /* split and flat interleaved: same noise for both */
+      for (int r = 0; r < reps; r++) { /* split, flat, sgemm engine interleaved: same noise */
         const struct kd_input *in = &q[r % MAX_REQS].in;
         if (r % every == 0 && nf < FLOOR_SAMPLES) {
           tfl[nf++] = floor_sample(floor_threads);
           set_mode_threads(mode);
-          score_once(&c, split, in, mode); /* untimed: the sgemm evicted the model's weights */
-          score_once(&c, flat, in, mode);
+          score_once(&c, split, in, mode, 0); /* untimed: the sgemm evicted the weights */
+          score_once(&c, flat, in, mode, 0);
+          score_once(&c, split, in, mode, 1);
         }
         double t0 = now_us();
-        score_once(&c, split, in, mode);
+        score_once(&c, split, in, mode, 0);
         double t1 = now_us();
-        score_once(&c, flat, in, mode);
+        score_once(&c, flat, in, mode, 0);
         double t2 = now_us();
+        score_once(&c, split, in, mode, 1);
+        double t3 = now_us();
         ts[r] = t1 - t0;
         tf[r] = t2 - t1;
+        tg[r] = t3 - t2;
       }
       struct row *rw = &rows[n_rows++];
       rw->batch = n;
@@ -415,6 +425,7 @@ int main(int argc, char **argv) {
       rw->p99 = quantile(ts, (size_t)reps, 0.99);
       rw->med = quantile(ts, (size_t)reps, 0.5);
       rw->fmed = quantile(tf, (size_t)reps, 0.5);
+      rw->gmed = quantile(tg, (size_t)reps, 0.5);
       rw->gflops = fl / (rw->med * 1e3);
       rw->rate = floor_gflops(quantile(tfl, (size_t)nf, 0.5));
       rw->floor_us = fl / (rw->rate * 1e3);
@@ -423,6 +434,7 @@ int main(int argc, char **argv) {
     }
     free(ts);
     free(tf);
+    free(tg);
     for (int i = 0; i < MAX_REQS; i++) req_free(&q[i]);
   }
   double rate_end[3] = {0, sgemm_rate(1, 9), sgemm_rate(2, 9)};
@@ -455,6 +467,7 @@ int main(int argc, char **argv) {
       cJSON_AddNumberToObject(o, "ratio_to_floor", rw->ratio);
       cJSON_AddNumberToObject(o, "flat_median_us", rw->fmed);
       cJSON_AddNumberToObject(o, "split_speedup", rw->speedup);
+      cJSON_AddNumberToObject(o, "sgemm_engine_median_us", rw->gmed);
       cJSON_AddItemToArray(arr, o);
     }
     char *txt = cJSON_Print(root);
@@ -471,13 +484,14 @@ int main(int argc, char **argv) {
            rate_start[1], rate_end[1], rate_start[2], rate_end[2], FLOOR_SAMPLES);
     printf("requests: %d distinct per batch, %u pooled history ids; 2-split cuts batches >= %u\n\n",
            MAX_REQS, hist_k, split_min);
-    printf("%6s %8s %10s %10s %12s %8s %8s %10s %8s %10s %8s\n", "batch", "threads", "median_us",
-           "p99_us", "cand/s", "GFLOP/s", "sgemm", "floor_us", "x_floor", "flat_us", "split_x");
+    printf("%6s %8s %10s %10s %10s %8s %8s %10s %8s %10s %8s %10s\n", "batch", "threads",
+           "median_us", "p99_us", "cand/s", "GFLOP/s", "sgemm", "floor_us", "x_floor", "flat_us",
+           "split_x", "blas_us");
     for (uint32_t i = 0; i < n_rows; i++) {
       struct row *rw = &rows[i];
-      printf("%6u %8s %10.1f %10.1f %12.0f %8.1f %8.1f %10.1f %8.2f %10.1f %8.2f\n", rw->batch,
-             mode_name[rw->mode], rw->med, rw->p99, rw->batch / (rw->med * 1e-6), rw->gflops,
-             rw->rate, rw->floor_us, rw->ratio, rw->fmed, rw->speedup);
+      printf("%6u %8s %10.1f %10.1f %10.0f %8.1f %8.1f %10.1f %8.2f %10.1f %8.2f %10.1f\n",
+             rw->batch, mode_name[rw->mode], rw->med, rw->p99, rw->batch / (rw->med * 1e-6),
+             rw->gflops, rw->rate, rw->floor_us, rw->ratio, rw->fmed, rw->speedup, rw->gmed);
     }
   }
 
@@ -485,8 +499,10 @@ int main(int argc, char **argv) {
   pthread_cond_destroy(&h.cv);
   pthread_mutex_destroy(&h.mu);
   free(out);
-  kd_scratch_free(s0);
-  kd_scratch_free(s1);
+  for (int t = 0; t < 2; t++) {
+    kd_scratch_free(c.s[0][t]);
+    kd_scratch_free(c.s[1][t]);
+  }
   kd_plan_free(split);
   kd_plan_free(flat);
   return 0;
