@@ -4,12 +4,17 @@
  * For each batch size and thread mode it scores a rotating set of random requests and reports
  * median and p99 latency, candidates/s, effective GFLOP/s (kd_arch_flops, context split), and the
  * ratio to the compute floor = FLOPs of the batch / rate of a 1024^3 sgemm measured in the same
- * run with the same thread count. The flat plan (no context split) is timed interleaved with the
- * split plan, and the split's speed-up over it is printed. Thread modes:
+ * run with the same thread count (9 samples taken inside each row, so a row and its floor see
+ * the same machine load). Timed interleaved with each split call: the same model as one flat
+ * input (no context split; split_x = flat / split) and, in columns blas_us, the same split plan
+ * with every chunk over 2 rows sent to OpenBLAS sgemm instead of the AVX2 panel kernel.
+ * cpu_us / cpu_x: the calling thread's CPU time and its ratio to the sgemm's CPU-time floor
+ * (1-thread rows only) - robust when other processes share the machine. Thread modes:
  *   1        one thread, OpenBLAS on 1 thread (how a server worker scores)
  *   2-split  the batch cut in two halves scored by two threads, each with its own scratch and
  *            OpenBLAS on 1 thread (batches under --split-min stay on one thread)
- *   2-blas   one kd_score call, OpenBLAS on 2 threads
+ *   2-blas   one kd_score call with the sgemm engine and OpenBLAS on 2 threads (the panel
+ *            kernel is single-threaded, so this mode times the sgemm engine in every column)
  * A benchmark, not a test: it asserts nothing and the machine may be noisy; compare ratios.
  */
 #include <cjson/cJSON.h>
@@ -34,6 +39,13 @@
 static double now_us(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec * 1e6 + (double)t.tv_nsec * 1e-3;
+}
+
+/* CPU time of the calling thread: immune to the time this thread spends descheduled. */
+static double cpu_us(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
   return (double)t.tv_sec * 1e6 + (double)t.tv_nsec * 1e-3;
 }
 
@@ -249,13 +261,16 @@ static void floor_init(void) {
   }
 }
 
-/* One timed 1024^3 sgemm on `threads` OpenBLAS threads; returns microseconds. */
-static double floor_sample(int threads) {
+/* One timed 1024^3 sgemm on `threads` OpenBLAS threads; returns wall microseconds, and the
+ * calling thread's CPU microseconds in *cpu (if not NULL). */
+static double floor_sample(int threads, double *cpu) {
   kd_blas_set_threads(threads);
-  double t0 = now_us();
+  double c0 = cpu_us(), t0 = now_us();
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, FLOOR_N, FLOOR_N, FLOOR_N, 1.0f, fA,
               FLOOR_N, fB, FLOOR_N, 0.0f, fC, FLOOR_N);
-  return now_us() - t0;
+  double t = now_us() - t0;
+  if (cpu) *cpu = cpu_us() - c0;
+  return t;
 }
 
 static double floor_gflops(double us) { return 2.0 * FLOOR_N * FLOOR_N * FLOOR_N / (us * 1e3); }
@@ -263,8 +278,8 @@ static double floor_gflops(double us) { return 2.0 * FLOOR_N * FLOOR_N * FLOOR_N
 /* Median GFLOP/s of reps samples. */
 static double sgemm_rate(int threads, int reps) {
   double t[64];
-  floor_sample(threads);
-  for (int r = 0; r < reps && r < 64; r++) t[r] = floor_sample(threads);
+  floor_sample(threads, NULL);
+  for (int r = 0; r < reps && r < 64; r++) t[r] = floor_sample(threads, NULL);
   return floor_gflops(quantile(t, (size_t)(reps < 64 ? reps : 64), 0.5));
 }
 
@@ -373,6 +388,7 @@ int main(int argc, char **argv) {
     uint32_t batch;
     int mode;
     double med, p99, fmed, gmed, gflops, rate, floor_us, ratio, speedup;
+    double cmed, cratio; /* CPU-time median and its ratio to the CPU-time floor (1 thread only) */
   } rows[64];
   uint32_t n_rows = 0;
   for (uint32_t b = 0; b < n_batches; b++) {
@@ -387,14 +403,16 @@ int main(int argc, char **argv) {
       if (reps > 3000) reps = 3000;
     }
     double *ts = malloc(sizeof(double) * (size_t)reps), *tf = malloc(sizeof(double) * (size_t)reps);
-    double *tg = malloc(sizeof(double) * (size_t)reps), tfl[FLOOR_SAMPLES];
-    if (!ts || !tf || !tg) die("out of memory", NULL);
+    double *tg = malloc(sizeof(double) * (size_t)reps), tfl[FLOOR_SAMPLES], tflc[FLOOR_SAMPLES];
+    double *tc = malloc(sizeof(double) * (size_t)reps);
+    if (!ts || !tf || !tg || !tc) die("out of memory", NULL);
     for (int mode = 0; mode < 3; mode++) {
       if (!modes[mode]) continue;
       set_mode_threads(mode);
+      int eng = mode == MODE_2BLAS; /* only the sgemm engine has OpenBLAS threads to use */
       for (int w = 0; w < 3; w++) { /* warm-up: caches, OpenBLAS threads, page faults */
-        score_once(&c, split, &q[w % MAX_REQS].in, mode, 0);
-        score_once(&c, flat, &q[w % MAX_REQS].in, mode, 0);
+        score_once(&c, split, &q[w % MAX_REQS].in, mode, eng);
+        score_once(&c, flat, &q[w % MAX_REQS].in, mode, eng);
         score_once(&c, split, &q[w % MAX_REQS].in, mode, 1);
       }
       int floor_threads = mode == MODE_1 ? 1 : 2, every = reps / FLOOR_SAMPLES, nf = 0;
@@ -402,18 +420,20 @@ int main(int argc, char **argv) {
       for (int r = 0; r < reps; r++) { /* split, flat, sgemm engine interleaved: same noise */
         const struct kd_input *in = &q[r % MAX_REQS].in;
         if (r % every == 0 && nf < FLOOR_SAMPLES) {
-          tfl[nf++] = floor_sample(floor_threads);
+          tfl[nf] = floor_sample(floor_threads, &tflc[nf]);
+          nf++;
           set_mode_threads(mode);
-          score_once(&c, split, in, mode, 0); /* untimed: the sgemm evicted the weights */
-          score_once(&c, flat, in, mode, 0);
+          score_once(&c, split, in, mode, eng); /* untimed: the sgemm evicted the weights */
+          score_once(&c, flat, in, mode, eng);
           score_once(&c, split, in, mode, 1);
         }
-        double t0 = now_us();
-        score_once(&c, split, in, mode, 0);
+        double c0 = cpu_us(), t0 = now_us();
+        score_once(&c, split, in, mode, eng);
         double t1 = now_us();
-        score_once(&c, flat, in, mode, 0);
+        tc[r] = cpu_us() - c0;
+        score_once(&c, flat, in, mode, eng);
         double t2 = now_us();
-        score_once(&c, split, in, mode, 1);
+        if (!eng) score_once(&c, split, in, mode, 1);
         double t3 = now_us();
         ts[r] = t1 - t0;
         tf[r] = t2 - t1;
@@ -425,9 +445,11 @@ int main(int argc, char **argv) {
       rw->p99 = quantile(ts, (size_t)reps, 0.99);
       rw->med = quantile(ts, (size_t)reps, 0.5);
       rw->fmed = quantile(tf, (size_t)reps, 0.5);
-      rw->gmed = quantile(tg, (size_t)reps, 0.5);
+      rw->gmed = eng ? rw->med : quantile(tg, (size_t)reps, 0.5);
       rw->gflops = fl / (rw->med * 1e3);
       rw->rate = floor_gflops(quantile(tfl, (size_t)nf, 0.5));
+      rw->cmed = quantile(tc, (size_t)reps, 0.5);
+      rw->cratio = mode == MODE_1 ? rw->cmed / (fl / (floor_gflops(quantile(tflc, (size_t)nf, 0.5)) * 1e3)) : 0;
       rw->floor_us = fl / (rw->rate * 1e3);
       rw->ratio = rw->med / rw->floor_us;
       rw->speedup = rw->fmed / rw->med;
@@ -435,6 +457,7 @@ int main(int argc, char **argv) {
     free(ts);
     free(tf);
     free(tg);
+    free(tc);
     for (int i = 0; i < MAX_REQS; i++) req_free(&q[i]);
   }
   double rate_end[3] = {0, sgemm_rate(1, 9), sgemm_rate(2, 9)};
@@ -468,6 +491,8 @@ int main(int argc, char **argv) {
       cJSON_AddNumberToObject(o, "flat_median_us", rw->fmed);
       cJSON_AddNumberToObject(o, "split_speedup", rw->speedup);
       cJSON_AddNumberToObject(o, "sgemm_engine_median_us", rw->gmed);
+      cJSON_AddNumberToObject(o, "cpu_median_us", rw->cmed);
+      if (rw->mode == MODE_1) cJSON_AddNumberToObject(o, "cpu_ratio_to_floor", rw->cratio);
       cJSON_AddItemToArray(arr, o);
     }
     char *txt = cJSON_Print(root);
@@ -484,14 +509,17 @@ int main(int argc, char **argv) {
            rate_start[1], rate_end[1], rate_start[2], rate_end[2], FLOOR_SAMPLES);
     printf("requests: %d distinct per batch, %u pooled history ids; 2-split cuts batches >= %u\n\n",
            MAX_REQS, hist_k, split_min);
-    printf("%6s %8s %10s %10s %10s %8s %8s %10s %8s %10s %8s %10s\n", "batch", "threads",
+    printf("%6s %8s %10s %10s %10s %8s %8s %10s %8s %10s %8s %10s %9s %7s\n", "batch", "threads",
            "median_us", "p99_us", "cand/s", "GFLOP/s", "sgemm", "floor_us", "x_floor", "flat_us",
-           "split_x", "blas_us");
+           "split_x", "blas_us", "cpu_us", "cpu_x");
     for (uint32_t i = 0; i < n_rows; i++) {
       struct row *rw = &rows[i];
-      printf("%6u %8s %10.1f %10.1f %10.0f %8.1f %8.1f %10.1f %8.2f %10.1f %8.2f %10.1f\n",
+      char cx[16] = "-";
+      if (rw->mode == MODE_1) snprintf(cx, sizeof cx, "%.2f", rw->cratio);
+      printf("%6u %8s %10.1f %10.1f %10.0f %8.1f %8.1f %10.1f %8.2f %10.1f %8.2f %10.1f %9.1f %7s\n",
              rw->batch, mode_name[rw->mode], rw->med, rw->p99, rw->batch / (rw->med * 1e-6),
-             rw->gflops, rw->rate, rw->floor_us, rw->ratio, rw->fmed, rw->speedup, rw->gmed);
+             rw->gflops, rw->rate, rw->floor_us, rw->ratio, rw->fmed, rw->speedup, rw->gmed,
+             rw->cmed, cx);
     }
   }
 
