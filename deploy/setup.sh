@@ -11,7 +11,7 @@ PKGS=(
   libcjson-dev libmicrohttpd-dev libsqlite3-dev libpq-dev zlib1g-dev
   # tests: real gRPC clients, reference math, real Prometheus and PostgreSQL, leak checks, plots
   python3 python3-grpcio python3-grpc-tools python3-numpy python3-torch python3-sklearn
-  nodejs npm prometheus postgresql valgrind gnuplot-nox curl procps
+  nodejs npm prometheus postgresql valgrind gnuplot-nox curl procps openssl
 )
 
 missing=()
