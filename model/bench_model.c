@@ -287,8 +287,8 @@ static void set_mode_threads(int mode) { kd_blas_set_threads(mode == MODE_2BLAS 
 
 /* ---- main ---- */
 
-static void usage(void) {
-  fprintf(stderr,
+static void usage(int code) {
+  fprintf(code ? stderr : stdout,
           "usage: kdrank-bench-model [--json] [--reps N] [--preset NAME] [--modes 1,2-split,2-blas]\n"
           "                          [--batches 1,16,...] [--hist K] [--split-min N]\n"
           "  --reps N       timed calls per row (default: about 0.4 s of work per row, 20..3000)\n"
@@ -296,7 +296,7 @@ static void usage(void) {
           "  --hist K       ids in the pooled user-history context feature (default 20)\n"
           "  --split-min N  smallest batch the 2-split mode cuts in two (default 64)\n",
           kd_arch_preset_names());
-  exit(2);
+  exit(code);
 }
 
 static uint32_t parse_list(const char *s, uint32_t *v, uint32_t max) {
@@ -304,10 +304,10 @@ static uint32_t parse_list(const char *s, uint32_t *v, uint32_t max) {
   char *end;
   while (*s && n < max) {
     unsigned long x = strtoul(s, &end, 10);
-    if (end == s || x == 0 || x > 1000000) usage();
+    if (end == s || x == 0 || x > 1000000) usage(2);
     v[n++] = (uint32_t)x;
     s = *end == ',' ? end + 1 : end;
-    if (*end && *end != ',') usage();
+    if (*end && *end != ',') usage(2);
   }
   return n;
 }
@@ -317,7 +317,8 @@ int main(int argc, char **argv) {
   uint32_t batches[16] = {1, 16, 64, 256, 1000, 4096}, n_batches = 6, hist_k = 20, split_min = 64;
   const char *preset = "ref-student";
   for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--json")) json = 1;
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) usage(0);
+    else if (!strcmp(argv[i], "--json")) json = 1;
     else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps_flag = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--preset") && i + 1 < argc) preset = argv[++i];
     else if (!strcmp(argv[i], "--batches") && i + 1 < argc) n_batches = parse_list(argv[++i], batches, 16);
@@ -329,9 +330,9 @@ int main(int argc, char **argv) {
       modes[0] = strchr(m, '1') != NULL; /* the other mode names hold no '1' */
       modes[1] = strstr(m, "2-split") != NULL;
       modes[2] = strstr(m, "2-blas") != NULL;
-    } else usage();
+    } else usage(2);
   }
-  if (reps_flag < 0 || n_batches == 0 || hist_k == 0) usage();
+  if (reps_flag < 0 || n_batches == 0 || hist_k == 0) usage(2);
 
   struct kd_err e = {0};
   struct kd_arch a;
