@@ -9,7 +9,8 @@
  * input (no context split; split_x = flat / split) and, in columns blas_us, the same split plan
  * with every chunk over 2 rows sent to OpenBLAS sgemm instead of the AVX2 panel kernel.
  * cpu_us / cpu_x: the calling thread's CPU time and its ratio to the sgemm's CPU-time floor
- * (1-thread rows only) - robust when other processes share the machine. Thread modes:
+ * (1-thread rows only) - robust when other processes share the machine; blas_cpu: the same
+ * for the sgemm engine. --kernel scalar times the portable kernel set. Thread modes:
  *   1        one thread, OpenBLAS on 1 thread (how a server worker scores)
  *   2-split  the batch cut in two halves scored by two threads, each with its own scratch and
  *            OpenBLAS on 1 thread (batches under --split-min stay on one thread)
@@ -291,6 +292,7 @@ static void usage(int code) {
   fprintf(code ? stderr : stdout,
           "usage: kdrank-bench-model [--json] [--reps N] [--preset NAME] [--modes 1,2-split,2-blas]\n"
           "                          [--batches 1,16,...] [--hist K] [--split-min N]\n"
+          "                          [--kernel auto|scalar|avx2]\n"
           "  --reps N       timed calls per row (default: about 0.4 s of work per row, 20..3000)\n"
           "  --preset NAME  model preset (default ref-student): %s\n"
           "  --hist K       ids in the pooled user-history context feature (default 20)\n"
@@ -316,11 +318,18 @@ int main(int argc, char **argv) {
   int json = 0, reps_flag = 0, modes[3] = {1, 1, 1};
   uint32_t batches[16] = {1, 16, 64, 256, 1000, 4096}, n_batches = 6, hist_k = 20, split_min = 64;
   const char *preset = "ref-student";
+  int kernel = KD_KERNEL_AUTO;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) usage(0);
     else if (!strcmp(argv[i], "--json")) json = 1;
     else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps_flag = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--preset") && i + 1 < argc) preset = argv[++i];
+    else if (!strcmp(argv[i], "--kernel") && i + 1 < argc) {
+      const char *k = argv[++i];
+      kernel = !strcmp(k, "scalar") ? KD_KERNEL_SCALAR : !strcmp(k, "avx2") ? KD_KERNEL_AVX2
+             : !strcmp(k, "auto") ? KD_KERNEL_AUTO : -1;
+      if (kernel < 0) usage(2);
+    }
     else if (!strcmp(argv[i], "--batches") && i + 1 < argc) n_batches = parse_list(argv[++i], batches, 16);
     else if (!strcmp(argv[i], "--hist") && i + 1 < argc) hist_k = (uint32_t)atoi(argv[++i]);
     else if (!strcmp(argv[i], "--split-min") && i + 1 < argc) split_min = (uint32_t)atoi(argv[++i]);
@@ -340,8 +349,8 @@ int main(int argc, char **argv) {
   struct kd_model *m = kd_model_alloc(&a, &e);
   if (!m) die("model", &e);
   kd_model_init_random(m, 1);
-  kd_plan *split = kd_plan_create(m, (struct kd_plan_params){.kernel = KD_KERNEL_AUTO, .flat = 0}, &e);
-  kd_plan *flat = kd_plan_create(m, (struct kd_plan_params){.kernel = KD_KERNEL_AUTO, .flat = 1}, &e);
+  kd_plan *split = kd_plan_create(m, (struct kd_plan_params){.kernel = kernel, .flat = 0}, &e);
+  kd_plan *flat = kd_plan_create(m, (struct kd_plan_params){.kernel = kernel, .flat = 1}, &e);
   if (!split || !flat) die("plan", &e);
   kd_model_free(m);
   uint32_t max_b = 0;
@@ -390,6 +399,7 @@ int main(int argc, char **argv) {
     int mode;
     double med, p99, fmed, gmed, gflops, rate, floor_us, ratio, speedup;
     double cmed, cratio; /* CPU-time median and its ratio to the CPU-time floor (1 thread only) */
+    double gcmed;        /* CPU-time median of the sgemm engine */
   } rows[64];
   uint32_t n_rows = 0;
   for (uint32_t b = 0; b < n_batches; b++) {
@@ -405,8 +415,8 @@ int main(int argc, char **argv) {
     }
     double *ts = malloc(sizeof(double) * (size_t)reps), *tf = malloc(sizeof(double) * (size_t)reps);
     double *tg = malloc(sizeof(double) * (size_t)reps), tfl[FLOOR_SAMPLES], tflc[FLOOR_SAMPLES];
-    double *tc = malloc(sizeof(double) * (size_t)reps);
-    if (!ts || !tf || !tg || !tc) die("out of memory", NULL);
+    double *tc = malloc(sizeof(double) * (size_t)reps), *tgc = malloc(sizeof(double) * (size_t)reps);
+    if (!ts || !tf || !tg || !tc || !tgc) die("out of memory", NULL);
     for (int mode = 0; mode < 3; mode++) {
       if (!modes[mode]) continue;
       set_mode_threads(mode);
@@ -434,8 +444,10 @@ int main(int argc, char **argv) {
         tc[r] = cpu_us() - c0;
         score_once(&c, flat, in, mode, eng);
         double t2 = now_us();
+        double c2 = cpu_us();
         if (!eng) score_once(&c, split, in, mode, 1);
         double t3 = now_us();
+        tgc[r] = cpu_us() - c2;
         ts[r] = t1 - t0;
         tf[r] = t2 - t1;
         tg[r] = t3 - t2;
@@ -450,6 +462,7 @@ int main(int argc, char **argv) {
       rw->gflops = fl / (rw->med * 1e3);
       rw->rate = floor_gflops(quantile(tfl, (size_t)nf, 0.5));
       rw->cmed = quantile(tc, (size_t)reps, 0.5);
+      rw->gcmed = eng ? rw->cmed : quantile(tgc, (size_t)reps, 0.5);
       rw->cratio = mode == MODE_1 ? rw->cmed / (fl / (floor_gflops(quantile(tflc, (size_t)nf, 0.5)) * 1e3)) : 0;
       rw->floor_us = fl / (rw->rate * 1e3);
       rw->ratio = rw->med / rw->floor_us;
@@ -459,6 +472,7 @@ int main(int argc, char **argv) {
     free(tf);
     free(tg);
     free(tc);
+    free(tgc);
     for (int i = 0; i < MAX_REQS; i++) req_free(&q[i]);
   }
   double rate_end[3] = {0, sgemm_rate(1, 9), sgemm_rate(2, 9)};
@@ -493,6 +507,7 @@ int main(int argc, char **argv) {
       cJSON_AddNumberToObject(o, "split_speedup", rw->speedup);
       cJSON_AddNumberToObject(o, "sgemm_engine_median_us", rw->gmed);
       cJSON_AddNumberToObject(o, "cpu_median_us", rw->cmed);
+      cJSON_AddNumberToObject(o, "sgemm_engine_cpu_median_us", rw->gcmed);
       if (rw->mode == MODE_1) cJSON_AddNumberToObject(o, "cpu_ratio_to_floor", rw->cratio);
       cJSON_AddItemToArray(arr, o);
     }
@@ -510,17 +525,17 @@ int main(int argc, char **argv) {
            rate_start[1], rate_end[1], rate_start[2], rate_end[2], FLOOR_SAMPLES);
     printf("requests: %d distinct per batch, %u pooled history ids; 2-split cuts batches >= %u\n\n",
            MAX_REQS, hist_k, split_min);
-    printf("%6s %8s %10s %10s %10s %8s %8s %10s %8s %10s %8s %10s %9s %7s\n", "batch", "threads",
+    printf("%6s %8s %10s %10s %10s %8s %8s %10s %8s %10s %8s %10s %9s %7s %9s\n", "batch", "threads",
            "median_us", "p99_us", "cand/s", "GFLOP/s", "sgemm", "floor_us", "x_floor", "flat_us",
-           "split_x", "blas_us", "cpu_us", "cpu_x");
+           "split_x", "blas_us", "cpu_us", "cpu_x", "blas_cpu");
     for (uint32_t i = 0; i < n_rows; i++) {
       struct row *rw = &rows[i];
       char cx[16] = "-";
       if (rw->mode == MODE_1) snprintf(cx, sizeof cx, "%.2f", rw->cratio);
-      printf("%6u %8s %10.1f %10.1f %10.0f %8.1f %8.1f %10.1f %8.2f %10.1f %8.2f %10.1f %9.1f %7s\n",
+      printf("%6u %8s %10.1f %10.1f %10.0f %8.1f %8.1f %10.1f %8.2f %10.1f %8.2f %10.1f %9.1f %7s %9.1f\n",
              rw->batch, mode_name[rw->mode], rw->med, rw->p99, rw->batch / (rw->med * 1e-6),
              rw->gflops, rw->rate, rw->floor_us, rw->ratio, rw->fmed, rw->speedup, rw->gmed,
-             rw->cmed, cx);
+             rw->cmed, cx, rw->gcmed);
     }
   }
 
