@@ -136,6 +136,17 @@ static int parse_args(int argc, char **argv, struct cfg *c) {
     if (set_opt(c, o, v) != 0) return -1;
   }
   if (!c->target) { fprintf(stderr, "kdrank-load: --target is required\n"); usage(stderr); return -1; }
+  /* integer flags narrower than 64 bits: reject what would not fit rather than wrap */
+  const struct { const char *name; uint64_t v, max; } lim[] = {
+      {"connections", c->connections, 1024}, {"threads", c->threads, 64}, {"closed", c->closed, 100000},
+      {"max-inflight", c->max_inflight, 1000000}, {"pool", c->pool, 100000}};
+  for (size_t i = 0; i < sizeof(lim) / sizeof(lim[0]); i++)
+    if (lim[i].v > lim[i].max) {
+      fprintf(stderr, "kdrank-load: --%s: expected at most %llu, found %llu\n", lim[i].name,
+              (unsigned long long)lim[i].max, (unsigned long long)lim[i].v);
+      return -1;
+    }
+  if (c->pin_version > INT64_MAX) { fprintf(stderr, "kdrank-load: --pin-version: too large\n"); return -1; }
   return 0;
 }
 

@@ -4,12 +4,18 @@
  * For each batch size and thread mode it scores a rotating set of random requests and reports
  * median and p99 latency, candidates/s, effective GFLOP/s (kd_arch_flops, context split), and the
  * ratio to the compute floor = FLOPs of the batch / rate of a 1024^3 sgemm measured in the same
- * run with the same thread count. The flat plan (no context split) is timed interleaved with the
- * split plan, and the split's speed-up over it is printed. Thread modes:
+ * run with the same thread count (9 samples taken inside each row, so a row and its floor see
+ * the same machine load). Timed interleaved with each split call: the same model as one flat
+ * input (no context split; split_x = flat / split) and, in columns blas_us, the same split plan
+ * with every chunk over 2 rows sent to OpenBLAS sgemm instead of the AVX2 panel kernel.
+ * cpu_us / cpu_x: the calling thread's CPU time and its ratio to the sgemm's CPU-time floor
+ * (1-thread rows only) - robust when other processes share the machine; blas_cpu: the same
+ * for the sgemm engine. --kernel scalar times the portable kernel set. Thread modes:
  *   1        one thread, OpenBLAS on 1 thread (how a server worker scores)
  *   2-split  the batch cut in two halves scored by two threads, each with its own scratch and
  *            OpenBLAS on 1 thread (batches under --split-min stay on one thread)
- *   2-blas   one kd_score call, OpenBLAS on 2 threads
+ *   2-blas   one kd_score call with the sgemm engine and OpenBLAS on 2 threads (the panel
+ *            kernel is single-threaded, so this mode times the sgemm engine in every column)
  * A benchmark, not a test: it asserts nothing and the machine may be noisy; compare ratios.
  */
 #include <cjson/cJSON.h>
@@ -26,6 +32,7 @@
 #include <cblas.h>
 
 #include "kdrank_model.h"
+#include "kernels.h" /* kd_scratch_create_tuned: the sgemm-engine comparison */
 
 #define MAX_REQS 8       /* distinct requests per batch size, scored in rotation */
 #define FLOOR_SAMPLES 9  /* 1024^3 sgemm samples taken inside each row */
@@ -33,6 +40,13 @@
 static double now_us(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec * 1e6 + (double)t.tv_nsec * 1e-3;
+}
+
+/* CPU time of the calling thread: immune to the time this thread spends descheduled. */
+static double cpu_us(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
   return (double)t.tv_sec * 1e6 + (double)t.tv_nsec * 1e-3;
 }
 
@@ -198,7 +212,7 @@ static const char *mode_name[3] = {"1", "2-split", "2-blas"};
 
 struct ctx {
   const struct kd_arch *a;
-  kd_scratch *s0, *s1;
+  kd_scratch *s[2][2]; /* [engine][thread]: engine 0 = default, 1 = sgemm for every chunk > 2 */
   struct helper *h;
   const uint32_t *tasks;
   uint32_t n_out;
@@ -206,10 +220,11 @@ struct ctx {
   uint32_t split_min;
 };
 
-static void score_once(struct ctx *c, const kd_plan *p, const struct kd_input *in, int mode) {
+static void score_once(struct ctx *c, const kd_plan *p, const struct kd_input *in, int mode,
+                       int engine) {
   struct kd_err e;
   if (mode != MODE_2SPLIT || in->n_cand < c->split_min) {
-    if (kd_score(p, c->s0, in, c->tasks, c->n_out, c->out, &e) != KD_OK) die("score", &e);
+    if (kd_score(p, c->s[engine][0], in, c->tasks, c->n_out, c->out, &e) != KD_OK) die("score", &e);
     return;
   }
   uint32_t half = in->n_cand / 2;
@@ -219,12 +234,12 @@ static void score_once(struct ctx *c, const kd_plan *p, const struct kd_input *i
   req_slice(c->a, in, 0, half, cols, &mine);
   req_slice(c->a, in, half, in->n_cand - half, h->cols, &h->in);
   h->plan = p;
-  h->scratch = c->s1;
+  h->scratch = c->s[engine][1];
   h->tasks = c->tasks;
   h->n_out = c->n_out;
   h->out = c->out + (size_t)half * c->n_out;
   int g = helper_post(h);
-  if (kd_score(p, c->s0, &mine, c->tasks, c->n_out, c->out, &e) != KD_OK) die("score", &e);
+  if (kd_score(p, c->s[engine][0], &mine, c->tasks, c->n_out, c->out, &e) != KD_OK) die("score", &e);
   while (atomic_load_explicit(&h->done_gen, memory_order_acquire) != g) _mm_pause();
   int rc = h->rc;
   if (rc != KD_OK) die("score (second thread)", NULL);
@@ -247,13 +262,16 @@ static void floor_init(void) {
   }
 }
 
-/* One timed 1024^3 sgemm on `threads` OpenBLAS threads; returns microseconds. */
-static double floor_sample(int threads) {
+/* One timed 1024^3 sgemm on `threads` OpenBLAS threads; returns wall microseconds, and the
+ * calling thread's CPU microseconds in *cpu (if not NULL). */
+static double floor_sample(int threads, double *cpu) {
   kd_blas_set_threads(threads);
-  double t0 = now_us();
+  double c0 = cpu_us(), t0 = now_us();
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, FLOOR_N, FLOOR_N, FLOOR_N, 1.0f, fA,
               FLOOR_N, fB, FLOOR_N, 0.0f, fC, FLOOR_N);
-  return now_us() - t0;
+  double t = now_us() - t0;
+  if (cpu) *cpu = cpu_us() - c0;
+  return t;
 }
 
 static double floor_gflops(double us) { return 2.0 * FLOOR_N * FLOOR_N * FLOOR_N / (us * 1e3); }
@@ -261,8 +279,8 @@ static double floor_gflops(double us) { return 2.0 * FLOOR_N * FLOOR_N * FLOOR_N
 /* Median GFLOP/s of reps samples. */
 static double sgemm_rate(int threads, int reps) {
   double t[64];
-  floor_sample(threads);
-  for (int r = 0; r < reps && r < 64; r++) t[r] = floor_sample(threads);
+  floor_sample(threads, NULL);
+  for (int r = 0; r < reps && r < 64; r++) t[r] = floor_sample(threads, NULL);
   return floor_gflops(quantile(t, (size_t)(reps < 64 ? reps : 64), 0.5));
 }
 
@@ -270,16 +288,17 @@ static void set_mode_threads(int mode) { kd_blas_set_threads(mode == MODE_2BLAS 
 
 /* ---- main ---- */
 
-static void usage(void) {
-  fprintf(stderr,
+static void usage(int code) {
+  fprintf(code ? stderr : stdout,
           "usage: kdrank-bench-model [--json] [--reps N] [--preset NAME] [--modes 1,2-split,2-blas]\n"
           "                          [--batches 1,16,...] [--hist K] [--split-min N]\n"
+          "                          [--kernel auto|scalar|avx2]\n"
           "  --reps N       timed calls per row (default: about 0.4 s of work per row, 20..3000)\n"
           "  --preset NAME  model preset (default ref-student): %s\n"
           "  --hist K       ids in the pooled user-history context feature (default 20)\n"
           "  --split-min N  smallest batch the 2-split mode cuts in two (default 64)\n",
           kd_arch_preset_names());
-  exit(2);
+  exit(code);
 }
 
 static uint32_t parse_list(const char *s, uint32_t *v, uint32_t max) {
@@ -287,10 +306,10 @@ static uint32_t parse_list(const char *s, uint32_t *v, uint32_t max) {
   char *end;
   while (*s && n < max) {
     unsigned long x = strtoul(s, &end, 10);
-    if (end == s || x == 0 || x > 1000000) usage();
+    if (end == s || x == 0 || x > 1000000) usage(2);
     v[n++] = (uint32_t)x;
     s = *end == ',' ? end + 1 : end;
-    if (*end && *end != ',') usage();
+    if (*end && *end != ',') usage(2);
   }
   return n;
 }
@@ -299,10 +318,18 @@ int main(int argc, char **argv) {
   int json = 0, reps_flag = 0, modes[3] = {1, 1, 1};
   uint32_t batches[16] = {1, 16, 64, 256, 1000, 4096}, n_batches = 6, hist_k = 20, split_min = 64;
   const char *preset = "ref-student";
+  int kernel = KD_KERNEL_AUTO;
   for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--json")) json = 1;
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) usage(0);
+    else if (!strcmp(argv[i], "--json")) json = 1;
     else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps_flag = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--preset") && i + 1 < argc) preset = argv[++i];
+    else if (!strcmp(argv[i], "--kernel") && i + 1 < argc) {
+      const char *k = argv[++i];
+      kernel = !strcmp(k, "scalar") ? KD_KERNEL_SCALAR : !strcmp(k, "avx2") ? KD_KERNEL_AVX2
+             : !strcmp(k, "auto") ? KD_KERNEL_AUTO : -1;
+      if (kernel < 0) usage(2);
+    }
     else if (!strcmp(argv[i], "--batches") && i + 1 < argc) n_batches = parse_list(argv[++i], batches, 16);
     else if (!strcmp(argv[i], "--hist") && i + 1 < argc) hist_k = (uint32_t)atoi(argv[++i]);
     else if (!strcmp(argv[i], "--split-min") && i + 1 < argc) split_min = (uint32_t)atoi(argv[++i]);
@@ -312,9 +339,9 @@ int main(int argc, char **argv) {
       modes[0] = strchr(m, '1') != NULL; /* the other mode names hold no '1' */
       modes[1] = strstr(m, "2-split") != NULL;
       modes[2] = strstr(m, "2-blas") != NULL;
-    } else usage();
+    } else usage(2);
   }
-  if (reps_flag < 0 || n_batches == 0 || hist_k == 0) usage();
+  if (reps_flag < 0 || n_batches == 0 || hist_k == 0) usage(2);
 
   struct kd_err e = {0};
   struct kd_arch a;
@@ -322,16 +349,20 @@ int main(int argc, char **argv) {
   struct kd_model *m = kd_model_alloc(&a, &e);
   if (!m) die("model", &e);
   kd_model_init_random(m, 1);
-  kd_plan *split = kd_plan_create(m, (struct kd_plan_params){.kernel = KD_KERNEL_AUTO, .flat = 0}, &e);
-  kd_plan *flat = kd_plan_create(m, (struct kd_plan_params){.kernel = KD_KERNEL_AUTO, .flat = 1}, &e);
+  kd_plan *split = kd_plan_create(m, (struct kd_plan_params){.kernel = kernel, .flat = 0}, &e);
+  kd_plan *flat = kd_plan_create(m, (struct kd_plan_params){.kernel = kernel, .flat = 1}, &e);
   if (!split || !flat) die("plan", &e);
   kd_model_free(m);
   uint32_t max_b = 0;
   for (uint32_t b = 0; b < n_batches; b++) if (batches[b] > max_b) max_b = batches[b];
-  kd_scratch *s0 = kd_scratch_create(flat, max_b, &e), *s1 = kd_scratch_create(flat, max_b, &e);
-  if (!s0 || !s1) die("scratch", &e);
   uint32_t tasks[KD_MAX_TASKS], n_out = 0;
   for (uint32_t k = 0; k < a.n_tasks; k++) if (a.tasks[k].served) tasks[n_out++] = k;
+  struct ctx c = {.a = &a, .tasks = tasks, .split_min = split_min};
+  for (int t = 0; t < 2; t++) {
+    c.s[0][t] = kd_scratch_create(flat, max_b, &e);
+    c.s[1][t] = kd_scratch_create_tuned(flat, max_b, 0, 2, 0, &e);
+    if (!c.s[0][t] || !c.s[1][t]) die("scratch", &e);
+  }
   float *out = malloc(sizeof(float) * (size_t)max_b * n_out);
   if (!out) die("out of memory", NULL);
 
@@ -339,11 +370,10 @@ int main(int argc, char **argv) {
   pthread_mutex_init(&h.mu, NULL);
   pthread_cond_init(&h.cv, NULL);
   if (pthread_create(&h.th, NULL, helper_main, &h)) die("pthread_create", NULL);
-  struct ctx c = {.a = &a, .s0 = s0, .s1 = s1, .h = &h, .tasks = tasks, .n_out = n_out, .out = out,
-                  .split_min = split_min};
+  c.h = &h;
+  c.n_out = n_out;
+  c.out = out;
 
-  /* the floor: 1024^3 sgemm on 1 and 2 OpenBLAS threads, before and after the sweep; the
-   * faster median is kept (the stricter floor) */
   /* the floor: 1024^3 sgemm on 1 and 2 OpenBLAS threads, sampled inside every row (so a row's
    * ratio sees the same machine load as its latencies) and also before and after the sweep */
   floor_init();
@@ -367,7 +397,9 @@ int main(int argc, char **argv) {
   struct row {
     uint32_t batch;
     int mode;
-    double med, p99, fmed, gflops, rate, floor_us, ratio, speedup;
+    double med, p99, fmed, gmed, gflops, rate, floor_us, ratio, speedup;
+    double cmed, cratio; /* CPU-time median and its ratio to the CPU-time floor (1 thread only) */
+    double gcmed;        /* CPU-time median of the sgemm engine */
   } rows[64];
   uint32_t n_rows = 0;
   for (uint32_t b = 0; b < n_batches; b++) {
@@ -382,32 +414,43 @@ int main(int argc, char **argv) {
       if (reps > 3000) reps = 3000;
     }
     double *ts = malloc(sizeof(double) * (size_t)reps), *tf = malloc(sizeof(double) * (size_t)reps);
-    double tfl[FLOOR_SAMPLES];
-    if (!ts || !tf) die("out of memory", NULL);
+    double *tg = malloc(sizeof(double) * (size_t)reps), tfl[FLOOR_SAMPLES], tflc[FLOOR_SAMPLES];
+    double *tc = malloc(sizeof(double) * (size_t)reps), *tgc = malloc(sizeof(double) * (size_t)reps);
+    if (!ts || !tf || !tg || !tc || !tgc) die("out of memory", NULL);
     for (int mode = 0; mode < 3; mode++) {
       if (!modes[mode]) continue;
       set_mode_threads(mode);
+      int eng = mode == MODE_2BLAS; /* only the sgemm engine has OpenBLAS threads to use */
       for (int w = 0; w < 3; w++) { /* warm-up: caches, OpenBLAS threads, page faults */
-        score_once(&c, split, &q[w % MAX_REQS].in, mode);
-        score_once(&c, flat, &q[w % MAX_REQS].in, mode);
+        score_once(&c, split, &q[w % MAX_REQS].in, mode, eng);
+        score_once(&c, flat, &q[w % MAX_REQS].in, mode, eng);
+        score_once(&c, split, &q[w % MAX_REQS].in, mode, 1);
       }
       int floor_threads = mode == MODE_1 ? 1 : 2, every = reps / FLOOR_SAMPLES, nf = 0;
       if (every < 1) every = 1;
-      for (int r = 0; r < reps; r++) { /* split and flat interleaved: same noise for both */
+      for (int r = 0; r < reps; r++) { /* split, flat, sgemm engine interleaved: same noise */
         const struct kd_input *in = &q[r % MAX_REQS].in;
         if (r % every == 0 && nf < FLOOR_SAMPLES) {
-          tfl[nf++] = floor_sample(floor_threads);
+          tfl[nf] = floor_sample(floor_threads, &tflc[nf]);
+          nf++;
           set_mode_threads(mode);
-          score_once(&c, split, in, mode); /* untimed: the sgemm evicted the model's weights */
-          score_once(&c, flat, in, mode);
+          score_once(&c, split, in, mode, eng); /* untimed: the sgemm evicted the weights */
+          score_once(&c, flat, in, mode, eng);
+          score_once(&c, split, in, mode, 1);
         }
-        double t0 = now_us();
-        score_once(&c, split, in, mode);
+        double c0 = cpu_us(), t0 = now_us();
+        score_once(&c, split, in, mode, eng);
         double t1 = now_us();
-        score_once(&c, flat, in, mode);
+        tc[r] = cpu_us() - c0;
+        score_once(&c, flat, in, mode, eng);
         double t2 = now_us();
+        double c2 = cpu_us();
+        if (!eng) score_once(&c, split, in, mode, 1);
+        double t3 = now_us();
+        tgc[r] = cpu_us() - c2;
         ts[r] = t1 - t0;
         tf[r] = t2 - t1;
+        tg[r] = t3 - t2;
       }
       struct row *rw = &rows[n_rows++];
       rw->batch = n;
@@ -415,14 +458,21 @@ int main(int argc, char **argv) {
       rw->p99 = quantile(ts, (size_t)reps, 0.99);
       rw->med = quantile(ts, (size_t)reps, 0.5);
       rw->fmed = quantile(tf, (size_t)reps, 0.5);
+      rw->gmed = eng ? rw->med : quantile(tg, (size_t)reps, 0.5);
       rw->gflops = fl / (rw->med * 1e3);
       rw->rate = floor_gflops(quantile(tfl, (size_t)nf, 0.5));
+      rw->cmed = quantile(tc, (size_t)reps, 0.5);
+      rw->gcmed = eng ? rw->cmed : quantile(tgc, (size_t)reps, 0.5);
+      rw->cratio = mode == MODE_1 ? rw->cmed / (fl / (floor_gflops(quantile(tflc, (size_t)nf, 0.5)) * 1e3)) : 0;
       rw->floor_us = fl / (rw->rate * 1e3);
       rw->ratio = rw->med / rw->floor_us;
       rw->speedup = rw->fmed / rw->med;
     }
     free(ts);
     free(tf);
+    free(tg);
+    free(tc);
+    free(tgc);
     for (int i = 0; i < MAX_REQS; i++) req_free(&q[i]);
   }
   double rate_end[3] = {0, sgemm_rate(1, 9), sgemm_rate(2, 9)};
@@ -455,6 +505,10 @@ int main(int argc, char **argv) {
       cJSON_AddNumberToObject(o, "ratio_to_floor", rw->ratio);
       cJSON_AddNumberToObject(o, "flat_median_us", rw->fmed);
       cJSON_AddNumberToObject(o, "split_speedup", rw->speedup);
+      cJSON_AddNumberToObject(o, "sgemm_engine_median_us", rw->gmed);
+      cJSON_AddNumberToObject(o, "cpu_median_us", rw->cmed);
+      cJSON_AddNumberToObject(o, "sgemm_engine_cpu_median_us", rw->gcmed);
+      if (rw->mode == MODE_1) cJSON_AddNumberToObject(o, "cpu_ratio_to_floor", rw->cratio);
       cJSON_AddItemToArray(arr, o);
     }
     char *txt = cJSON_Print(root);
@@ -471,13 +525,17 @@ int main(int argc, char **argv) {
            rate_start[1], rate_end[1], rate_start[2], rate_end[2], FLOOR_SAMPLES);
     printf("requests: %d distinct per batch, %u pooled history ids; 2-split cuts batches >= %u\n\n",
            MAX_REQS, hist_k, split_min);
-    printf("%6s %8s %10s %10s %12s %8s %8s %10s %8s %10s %8s\n", "batch", "threads", "median_us",
-           "p99_us", "cand/s", "GFLOP/s", "sgemm", "floor_us", "x_floor", "flat_us", "split_x");
+    printf("%6s %8s %10s %10s %10s %8s %8s %10s %8s %10s %8s %10s %9s %7s %9s\n", "batch", "threads",
+           "median_us", "p99_us", "cand/s", "GFLOP/s", "sgemm", "floor_us", "x_floor", "flat_us",
+           "split_x", "blas_us", "cpu_us", "cpu_x", "blas_cpu");
     for (uint32_t i = 0; i < n_rows; i++) {
       struct row *rw = &rows[i];
-      printf("%6u %8s %10.1f %10.1f %12.0f %8.1f %8.1f %10.1f %8.2f %10.1f %8.2f\n", rw->batch,
-             mode_name[rw->mode], rw->med, rw->p99, rw->batch / (rw->med * 1e-6), rw->gflops,
-             rw->rate, rw->floor_us, rw->ratio, rw->fmed, rw->speedup);
+      char cx[16] = "-";
+      if (rw->mode == MODE_1) snprintf(cx, sizeof cx, "%.2f", rw->cratio);
+      printf("%6u %8s %10.1f %10.1f %10.0f %8.1f %8.1f %10.1f %8.2f %10.1f %8.2f %10.1f %9.1f %7s %9.1f\n",
+             rw->batch, mode_name[rw->mode], rw->med, rw->p99, rw->batch / (rw->med * 1e-6),
+             rw->gflops, rw->rate, rw->floor_us, rw->ratio, rw->fmed, rw->speedup, rw->gmed,
+             rw->cmed, cx, rw->gcmed);
     }
   }
 
@@ -485,8 +543,10 @@ int main(int argc, char **argv) {
   pthread_cond_destroy(&h.cv);
   pthread_mutex_destroy(&h.mu);
   free(out);
-  kd_scratch_free(s0);
-  kd_scratch_free(s1);
+  for (int t = 0; t < 2; t++) {
+    kd_scratch_free(c.s[0][t]);
+    kd_scratch_free(c.s[1][t]);
+  }
   kd_plan_free(split);
   kd_plan_free(flat);
   return 0;

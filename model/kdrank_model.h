@@ -225,9 +225,10 @@ int kd_score(const kd_plan *p, kd_scratch *s, const struct kd_input *in, const u
 int kd_logits(const kd_plan *p, kd_scratch *s, const struct kd_input *in, float *out,
               struct kd_err *e);
 
-/* OpenBLAS threads used by each sgemm of the fast path (process-wide). The library never sets
- * it itself: a server scoring on many worker threads should call kd_blas_set_threads(1) once at
- * start-up (or export OPENBLAS_NUM_THREADS=1); n < 1 counts as 1. */
+/* OpenBLAS threads used by each BLAS call of the fast path (process-wide). Only the portable
+ * kernel set (KD_KERNEL_SCALAR) calls BLAS; the AVX2 set has its own kernels. The library never
+ * sets it itself: a server scoring on many worker threads should call kd_blas_set_threads(1)
+ * once at start-up (or export OPENBLAS_NUM_THREADS=1); n < 1 counts as 1. */
 void kd_blas_set_threads(int n);
 int kd_blas_threads(void);
 

@@ -7,9 +7,10 @@
  *   l0    (h0, cand)         its candidate columns                      (split plans)
  *         (h0, ctx + cand)   or the whole layer, context columns first  (flat plans)
  *   shared[l] (h_l, h_{l-1}) the other shared layers, as in the model
- *   tw0   (T * t0, h_last)   every task's first tower layer stacked: one sgemm for all towers
+ *   tw0   (T * t0, h_last)   every task's first tower layer stacked: one call for all towers
  *   tower[k][j] (t_j, t_{j-1}) deeper tower layers, per task
  *   u     (T, last)          last-layer vectors; d (T) their biases
+ * plus, for kernel sets with a panel kernel (AVX2), each layer again in 16-output panels.
  * A request runs in chunks of at most KD_CHUNK candidates (balanced) so that a chunk's
  * activations stay in L2 from one layer to the next; inside a chunk each layer is, by chunk
  * size: the small-batch kernel (<= KD_SMALL_BATCH rows: streams the weights once), the AVX2
@@ -19,8 +20,9 @@
  * bias for every candidate; the flat plan (a benchmark baseline) copies the context into every
  * candidate's input row and multiplies the full first layer.
  *
- * OpenBLAS threads are the caller's choice (kd_blas_set_threads); a server that scores on many
- * worker threads should set 1.
+ * With the default tuning the chunk (256) is under KD_PANEL_BATCH, so the AVX2 set never calls
+ * BLAS; the portable set uses cblas_sgemm/sgemv, whose threads are the caller's choice
+ * (kd_blas_set_threads; a server that scores on many worker threads should set 1).
  */
 #include <cblas.h>
 #include <stdlib.h>

@@ -9,7 +9,9 @@ kdrank-load (open loop, latency from intended send times):
   * p50/p99 at one fixed rate (--fixed-rate, default: half the lowest sustained rate), and the
     server process's CPU time per request (utime+stime from /proc over that run).
 Prints one table with kdrank's ratio to each peer. Peers: "torch" (torch_peer.py: Python grpcio +
-PyTorch, weights exported by export_ckpt.py).
+PyTorch, weights exported by export_ckpt.py) and "node" (node_peer/node_peer.js: Node
+@grpc/grpc-js + onnxruntime-node on the ONNX graph export_onnx.py makes from the same weights;
+needs `ONNXRUNTIME_NODE_INSTALL=skip npm install` in node_peer/ once).
 Usage: compare.py --build BUILD [--preset ref-student | --ckpt FILE] [--candidates 500] [--slo-p99 MS]"""
 import argparse, json, os, queue, re, shutil, subprocess, sys, tempfile, threading, time
 
@@ -148,7 +150,7 @@ def main():
     ap.add_argument("--step-duration", type=float, default=5)
     ap.add_argument("--fixed-duration", type=float, default=8)
     ap.add_argument("--connections", type=int, default=4)
-    ap.add_argument("--servers", default="kdrank,torch")
+    ap.add_argument("--servers", default="kdrank,torch,node")
     ap.add_argument("--kdrank-threads", type=int, default=0)
     # 1: on the 2-CPU test machine one intra-op thread scored a 500-candidate ref-student request in
     # 14.5 ms and two in 72.7 ms (their spinning competes with the gRPC threads)
@@ -186,14 +188,24 @@ def main():
         pb, pbg = torch_peer.load_stubs(os.path.join(ROOT, "proto"))
         names = a.servers.split(",")
         for name in names:
-            if name not in ("kdrank", "torch"):
-                sys.exit("unknown server %s (kdrank, torch)" % name)
+            if name not in ("kdrank", "torch", "node"):
+                sys.exit("unknown server %s (kdrank, torch, node)" % name)
+        onnx = os.path.join(work, "model.onnx")
+        if "node" in names:
+            if not os.path.isdir(os.path.join(HERE, "node_peer", "node_modules")):
+                sys.exit("node peer: run `ONNXRUNTIME_NODE_INSTALL=skip npm install` in %s first" %
+                         os.path.join(HERE, "node_peer"))
+            subprocess.run(["/usr/bin/python3", os.path.join(HERE, "export_onnx.py"), npz, onnx], check=True,
+                           capture_output=True)
 
         def start(name):  # one server at a time, so they never compete for the CPUs
             if name == "kdrank":
                 s = Server("kdrank", [serve, "--model-repo", repo, "--listen", "127.0.0.1:0", "--metrics-listen", "",
                                       "--threads", str(a.kdrank_threads), "--max-candidates",
                                       str(max(1000, a.candidates))], r"event=listening.*port=(\d+)", "stderr")
+            elif name == "node":
+                s = Server("node", ["node", os.path.join(HERE, "node_peer", "node_peer.js"), onnx,
+                                    os.path.join(ROOT, "proto")], r"^PORT (\d+)", "stdout")
             else:
                 s = Server("torch", ["/usr/bin/python3", os.path.join(HERE, "torch_peer.py"), "--npz", npz, "--proto",
                                      os.path.join(ROOT, "proto"), "--torch-threads", str(a.torch_threads)],
