@@ -5,8 +5,9 @@
  *
  * The network is the model core's (kdrank_model.h): weights live in a struct kd_model and are
  * trained in place; every forward agrees with kd_logits_ref. Loss terms are a list (task, kind,
- * weight, target source) so soft-label (distillation) terms and auxiliary heads can join later
- * without changing the network code.
+ * weight, target source): distillation adds soft-label terms (teacher logits joined from a label
+ * store into kd_table.soft) on served heads (direct) or on non-served auxiliary heads (aux), and
+ * kd_label_run writes a teacher's logits into a label store.
  *
  * Thread safety: a kd_trainer belongs to one caller thread (it runs its own worker threads).
  * Tables are immutable after load and may be shared.

@@ -1,4 +1,4 @@
-/* main.c - kdrank-train: the trainer's command line (synth, convert, fit, baseline, publish).
+/* main.c - kdrank-train: the trainer's command line (synth, convert, fit, baseline, label, publish).
  * Flags of each command come from one table (name, kind, help) that drives parsing and --help. */
 #include <math.h>
 #include <stddef.h>
