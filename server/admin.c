@@ -289,7 +289,7 @@ static void arrived(struct kd_admin *a, struct acall *c) {
   int code;
   if (!authorized(a, &c->md)) {
     code = GRPC_STATUS_UNAUTHENTICATED;
-    snprintf(msg, sizeof msg, "kdrank.v1.Admin needs metadata \"authorization: Bearer <token>\" "
+    snprintf(msg, sizeof msg, "kdrank.v1.Admin needs metadata authorization: Bearer <token> "
              "with the token of --admin-token-file");
   } else if (c->method == A_UNKNOWN) {
     code = GRPC_STATUS_UNIMPLEMENTED;
