@@ -552,8 +552,11 @@ static int64_t newest_loaded(struct kd_slot *s) {
 
 /* Should version `number` (on disk) be tried by a scan? New (never seen) versions newer than
  * every loaded one are; a FAILED one is retried when its file changed (e.g. a file that was being
- * written when the scan saw it). ignore_seen: start-up fallback when the saved stable failed. */
-static int scan_wants(kd_registry *r, struct kd_slot *s, int64_t number, int ignore_seen) {
+ * written when the scan saw it). seen: newest_seen when the scan started (a newer version that
+ * failed during this scan does not hide older new ones). ignore_seen: start-up fallback when the
+ * saved stable failed. */
+static int scan_wants(kd_registry *r, struct kd_slot *s, int64_t number, int64_t seen,
+                      int ignore_seen) {
   char path[PATH_MAX];
   snprintf(path, sizeof path, "%s/%s/%lld/model.kdr", r->repo, s->name, (long long)number);
   pthread_mutex_lock(&s->mu);
@@ -567,7 +570,7 @@ static int scan_wants(kd_registry *r, struct kd_slot *s, int64_t number, int ign
       want = memcmp(&id, &rc->fid, sizeof id) != 0;
     }
   } else {
-    want = ignore_seen || number > s->newest_seen;
+    want = ignore_seen || number > seen;
   }
   pthread_mutex_unlock(&s->mu);
   return want;
@@ -586,7 +589,7 @@ int reg_scan_model(kd_registry *r, uint32_t mi, int ignore_seen) {
   int64_t seen_before = s->newest_seen;
   for (int k = 0; k < n; k++) {
     if (vs[k] <= floor) break;
-    if (!scan_wants(r, s, vs[k], ignore_seen)) continue;
+    if (!scan_wants(r, s, vs[k], seen_before, ignore_seen)) continue;
     struct kd_err e = {0};
     struct kd_version *v = reg_load(r, mi, vs[k], &e);
     if (!v) continue;
