@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -83,6 +85,10 @@ static void scan_all(kd_registry *r, const char *why) {
 
 static void *watch_main(void *arg) {
   kd_registry *r = arg;
+  /* Loads (CRC verification, plan layout, warm-up) compete for the CPUs with the serving threads:
+   * give them way (nice 10 for this thread only) so a swap does not show in serving latency. */
+  if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10) != 0)
+    reg_log(r, KD_LOG_DEBUG, "loader_priority_unchanged", "error=\"%s\"", strerror(errno));
   uint64_t interval = (uint64_t)r->wp.rescan_interval_ms;
   uint64_t next_rescan = interval ? mono_ms() + interval : UINT64_MAX;
   char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
