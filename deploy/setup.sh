@@ -11,8 +11,13 @@ PKGS=(
   libcjson-dev libmicrohttpd-dev libsqlite3-dev libpq-dev zlib1g-dev
   # tests: real gRPC clients, reference math, real Prometheus and PostgreSQL, leak checks, plots
   python3 python3-grpcio python3-grpc-tools python3-numpy python3-torch python3-sklearn
-  nodejs npm prometheus postgresql valgrind gnuplot-nox curl procps
+  prometheus postgresql valgrind gnuplot-nox curl procps openssl
 )
+# Node.js for the grpc-js interop test: Debian's, unless a Node.js with npm is already installed
+# (a Node.js from elsewhere conflicts with Debian's npm package).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  PKGS+=(nodejs npm)
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do

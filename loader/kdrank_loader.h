@@ -127,7 +127,7 @@ uint32_t kd_crc32c(uint32_t crc, const void *buf, size_t len);
  * core, which RCU read sections are not meant for. The cost, two atomic RMWs per call on a line
  * shared by the workers, is measured in server/HOTSWAP.md to be invisible next to the gRPC round
  * trip. The last release hands the version to the background thread (when watching), which
- * unmaps the checkpoint, frees plan and scratches and asks the allocator to return the memory.
+ * frees plan, metadata and scratches and asks the allocator to return the memory.
  *
  * Canary routing: with a canary of weight w, a request with routing_key k != 0 goes to the canary
  * when splitmix64(k ^ fnv1a(model)) < w * 2^64 (sticky: the same key and weight always give the
@@ -239,7 +239,11 @@ const char *kd_version_model(const kd_version *v);
 int64_t kd_version_number(const kd_version *v);
 /* Its current role: "stable", "canary" or "" (kd_registry_route gives the label that routed). */
 const char *kd_version_label(const kd_version *v);
-const kd_ckpt *kd_version_ckpt(const kd_version *v);
+uint32_t kd_version_crc(const kd_version *v);        /* kd_ckpt_crc of its checkpoint */
+uint64_t kd_version_file_bytes(const kd_version *v); /* checkpoint file size */
+/* The checkpoint's metadata entries (copied at load, file order); NULL past the end. */
+uint32_t kd_version_n_meta(const kd_version *v);
+const struct kd_meta *kd_version_meta_at(const kd_version *v, uint32_t i);
 const kd_plan *kd_version_plan(const kd_version *v);
 const struct kd_arch *kd_version_arch(const kd_version *v);
 /* Scratch slot (0 <= slot < n_scratch): one thread at a time per slot. */

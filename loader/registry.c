@@ -125,8 +125,37 @@ void reg_version_destroy(struct kd_version *v) {
     free(v->scratch);
   }
   kd_plan_free(v->plan);
-  kd_ckpt_close(v->ckpt); /* munmap */
+  free(v->meta);
   free(v);
+}
+
+/* Copies the checkpoint's metadata (keys and string values included) into one block owned by v. */
+static int version_copy_meta(struct kd_version *v, const kd_ckpt *c) {
+  uint32_t n = kd_ckpt_n_meta(c);
+  size_t bytes = n * sizeof(struct kd_meta);
+  for (uint32_t i = 0; i < n; i++) {
+    const struct kd_meta *m = kd_ckpt_meta_at(c, i);
+    bytes += strlen(m->key) + 1 + (m->type == KD_META_STR ? strlen(m->v.s) + 1 : 0);
+  }
+  v->meta = malloc(bytes ? bytes : 1);
+  if (!v->meta) return -1;
+  char *at = (char *)(v->meta + n);
+  for (uint32_t i = 0; i < n; i++) {
+    const struct kd_meta *m = kd_ckpt_meta_at(c, i);
+    v->meta[i] = *m;
+    size_t k = strlen(m->key) + 1;
+    memcpy(at, m->key, k);
+    v->meta[i].key = at;
+    at += k;
+    if (m->type == KD_META_STR) {
+      size_t l = strlen(m->v.s) + 1;
+      memcpy(at, m->v.s, l);
+      v->meta[i].v.s = at;
+      at += l;
+    }
+  }
+  v->n_meta = n;
+  return 0;
 }
 
 /* Scores a few synthetic batches built from the architecture on every scratch slot, so the
@@ -188,7 +217,9 @@ done:
 }
 
 /* Builds a version from its checkpoint file: open + verify every CRC, plan (weights laid out
- * for the fast path), scratches, warm-up. No lock held: runs on the loader or admin thread. */
+ * for the fast path), metadata copy, then the checkpoint is closed and unmapped (the plan holds its
+ * own copy of the weights: a loaded version costs the plan's bytes), scratches, warm-up. No lock
+ * held: runs on the loader or admin thread. */
 static struct kd_version *version_build(kd_registry *r, uint32_t mi, int64_t number,
                                         struct kd_err *e) {
   struct kd_slot *s = &r->slots[mi];
@@ -204,11 +235,19 @@ static struct kd_version *version_build(kd_registry *r, uint32_t mi, int64_t num
   v->model_index = mi;
   v->model_name = s->name;
   v->number = number;
-  v->ckpt = kd_ckpt_open(path, e);
-  if (!v->ckpt) goto fail;
+  kd_ckpt *ck = kd_ckpt_open(path, e);
+  if (!ck) goto fail;
   struct kd_plan_params pp = {.kernel = r->p.kernel, .flat = 0};
-  v->plan = kd_plan_create(kd_ckpt_model(v->ckpt), pp, e);
+  v->plan = kd_plan_create(kd_ckpt_model(ck), pp, e);
+  v->crc = kd_ckpt_crc(ck);
+  v->file_bytes = kd_ckpt_file_size(ck);
+  int meta_ok = v->plan && version_copy_meta(v, ck) == 0;
+  kd_ckpt_close(ck); /* munmap */
   if (!v->plan) goto fail;
+  if (!meta_ok) {
+    kd_err_set(e, KD_ERR_NOMEM, "%s: out of memory for the metadata copy", path);
+    goto fail;
+  }
   v->n_scratch = r->p.n_scratch;
   v->scratch = calloc(v->n_scratch, sizeof *v->scratch);
   if (!v->scratch) {
@@ -325,7 +364,7 @@ struct kd_version *reg_load(kd_registry *r, uint32_t mi, int64_t number, struct 
   if (rc) {
     if (v) {
       rc->v = v;
-      rc->crc = kd_ckpt_crc(v->ckpt);
+      rc->crc = v->crc;
       rc->loaded_ms = v->loaded_unix_ms;
       rec_set_state(rc, KD_VSTATE_AVAILABLE);
     } else {
@@ -350,8 +389,8 @@ struct kd_version *reg_load(kd_registry *r, uint32_t mi, int64_t number, struct 
   atomic_fetch_add_explicit(&s->loads_ok, 1, memory_order_relaxed);
   reg_log(r, KD_LOG_INFO, "model_loaded",
           "model=%s version=%lld file_bytes=%llu plan_bytes=%zu kernel=%s crc=%08x load_ms=%llu",
-          s->name, (long long)number, (unsigned long long)kd_ckpt_file_size(v->ckpt),
-          kd_plan_bytes(v->plan), kd_kernel_name(kd_plan_kernel(v->plan)), kd_ckpt_crc(v->ckpt),
+          s->name, (long long)number, (unsigned long long)v->file_bytes,
+          kd_plan_bytes(v->plan), kd_kernel_name(kd_plan_kernel(v->plan)), v->crc,
           (unsigned long long)((uint64_t)now_unix_ms() - t0));
   return v;
 }
@@ -895,7 +934,7 @@ void kd_registry_release(kd_version *v) {
   if (atomic_fetch_sub_explicit(&v->refs, 1, memory_order_acq_rel) == 1) {
     kd_registry *r = v->reg;
     if (r && atomic_load_explicit(&r->watching, memory_order_acquire))
-      reg_defer_free(r, v); /* the background thread unmaps and frees it */
+      reg_defer_free(r, v); /* the background thread frees it */
     else
       reg_version_destroy(v);
   }
@@ -1063,7 +1102,12 @@ const char *kd_version_label(const kd_version *v) {
   int role = atomic_load_explicit(&v->role, memory_order_relaxed);
   return role == 1 ? "stable" : role == 2 ? "canary" : "";
 }
-const kd_ckpt *kd_version_ckpt(const kd_version *v) { return v->ckpt; }
+uint32_t kd_version_crc(const kd_version *v) { return v->crc; }
+uint64_t kd_version_file_bytes(const kd_version *v) { return v->file_bytes; }
+uint32_t kd_version_n_meta(const kd_version *v) { return v->n_meta; }
+const struct kd_meta *kd_version_meta_at(const kd_version *v, uint32_t i) {
+  return i < v->n_meta ? &v->meta[i] : NULL;
+}
 const kd_plan *kd_version_plan(const kd_version *v) { return v->plan; }
 const struct kd_arch *kd_version_arch(const kd_version *v) { return kd_plan_arch(v->plan); }
 kd_scratch *kd_version_scratch(const kd_version *v, uint32_t slot) {

@@ -22,8 +22,11 @@ struct kd_version {
   const char *model_name;    /* points into the slot (outlives every version) */
   int64_t number;
   int64_t loaded_unix_ms;
-  kd_ckpt *ckpt;             /* mmapped, verified checkpoint */
-  kd_plan *plan;             /* weights laid out for the fast path */
+  uint32_t crc;              /* kd_ckpt_crc of the checkpoint */
+  uint64_t file_bytes;
+  uint32_t n_meta;
+  struct kd_meta *meta;      /* [n_meta] copies, keys and strings in the same block */
+  kd_plan *plan;             /* weights laid out for the fast path (its own copy) */
   uint32_t n_scratch;
   kd_scratch **scratch;      /* [n_scratch] */
   struct kd_version *next_dead; /* deferred-free stack (watch.c) */

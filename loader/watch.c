@@ -1,8 +1,8 @@
 /* watch.c - the registry's background thread: watches the repository with inotify (new version
  * directories renamed or created into a model directory, files closed after writing), rescans it
  * periodically as a fallback, loads new versions (verify + plan + warm-up, never on a serving
- * thread) and publishes them, and frees versions whose last reader has gone (munmap, plan and
- * scratch free, then the allocator is asked to return memory). One thread does all of it, so
+ * thread) and publishes them, and frees versions whose last reader has gone (plan, metadata,
+ * scratches freed, then the allocator is asked to return memory). One thread does all of it, so
  * loads are serialised and a free never waits behind a serving call. */
 #include <dirent.h>
 #include <errno.h>
@@ -40,7 +40,7 @@ void reg_reap(kd_registry *r) {
     reg_version_destroy(v);
     v = next;
   }
-  /* Return the freed memory to the system (the checkpoint map is already gone with munmap). */
+  /* Return the freed memory (plan, scratches: the bulk of a version) to the system. */
   if (r->wp.trim) r->wp.trim();
   else malloc_trim(0);
 }

@@ -416,7 +416,6 @@ int kd_handle_metadata(struct kd_worker *w, struct kd_call *c, grpc_byte_buffer 
   c->series = kd_metrics_series_l(w->m, (int32_t)kd_version_model_index(v), kd_version_number(v),
                                   kd_label_of(label));
   const struct kd_arch *a = kd_version_arch(v);
-  const kd_ckpt *ck = kd_version_ckpt(v);
 
   Kdrank__V1__ModelMetadata out = KDRANK__V1__MODEL_METADATA__INIT;
   out.model = (char *)kd_version_model(v);
@@ -432,7 +431,7 @@ int kd_handle_metadata(struct kd_worker *w, struct kd_call *c, grpc_byte_buffer 
   uint32_t nv = kd_registry_versions(s->reg, kd_version_model_index(v), vi, 32);
   Kdrank__V1__VersionInfo *vs = kd_arena_alloc(ar, nv * sizeof *vs + 1);
   Kdrank__V1__VersionInfo **vp = kd_arena_alloc(ar, nv * sizeof *vp + 1);
-  uint32_t nmeta = kd_ckpt_n_meta(ck);
+  uint32_t nmeta = kd_version_n_meta(v);
   Kdrank__V1__ModelMetadata__ProvenanceEntry *pe = kd_arena_alloc(ar, nmeta * sizeof *pe + 1);
   Kdrank__V1__ModelMetadata__ProvenanceEntry **pp = kd_arena_alloc(ar, nmeta * sizeof *pp + 1);
   if (!fs || !fp || !ts || !tp || !vs || !vp || !pe || !pp) {
@@ -481,7 +480,7 @@ int kd_handle_metadata(struct kd_worker *w, struct kd_call *c, grpc_byte_buffer 
   size_t np = 0;
   static const char prefix[] = "provenance.";
   for (uint32_t i = 0; i < nmeta; i++) {
-    const struct kd_meta *m = kd_ckpt_meta_at(ck, i);
+    const struct kd_meta *m = kd_version_meta_at(v, i);
     if (!m || !m->key || strncmp(m->key, prefix, sizeof prefix - 1) != 0) continue;
     Kdrank__V1__ModelMetadata__ProvenanceEntry x = KDRANK__V1__MODEL_METADATA__PROVENANCE_ENTRY__INIT;
     x.key = (char *)m->key + sizeof prefix - 1;
@@ -527,6 +526,20 @@ int kd_handle_check(struct kd_worker *w, struct kd_call *c, grpc_byte_buffer **r
     return GRPC_STATUS_INVALID_ARGUMENT;
   }
   const char *svc = req->service ? req->service : "";
+  int st = kd_health_status(s, svc);
+  if (st == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN) {
+    snprintf(msg, KD_SERVE_MSG_MAX,
+             "unknown service \"%s\" (expected \"\", \"kdrank.v1.Ranker\" or a model name)", svc);
+    return GRPC_STATUS_NOT_FOUND;
+  }
+  Grpc__Health__V1__HealthCheckResponse out = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+  out.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)st;
+  size_t size;
+  *resp = pack_reply(&out.base, (size_t)s->cfg->max_message_bytes, &size);
+  return GRPC_STATUS_OK;
+}
+
+int kd_health_status(struct kd_server *s, const char *svc) {
   int serving;
   uint32_t nm = kd_registry_n_models(s->reg);
   if (svc[0] == 0 || strcmp(svc, "kdrank.v1.Ranker") == 0) {
@@ -535,18 +548,40 @@ int kd_handle_check(struct kd_worker *w, struct kd_call *c, grpc_byte_buffer **r
     for (uint32_t i = 0; i < nm; i++) serving = serving && kd_registry_available(s->reg, i);
   } else {
     int mi = kd_registry_find(s->reg, svc);
-    if (mi < 0) {
-      snprintf(msg, KD_SERVE_MSG_MAX,
-               "unknown service \"%s\" (expected \"\", \"kdrank.v1.Ranker\" or a model name)", svc);
-      return GRPC_STATUS_NOT_FOUND;
-    }
+    if (mi < 0) return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
     serving = kd_registry_available(s->reg, (uint32_t)mi);
   }
   if (atomic_load_explicit(&s->draining, memory_order_acquire)) serving = 0;
-  Grpc__Health__V1__HealthCheckResponse out = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
-  out.status = serving ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
-                       : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
-  size_t size;
-  *resp = pack_reply(&out.base, (size_t)s->cfg->max_message_bytes, &size);
+  return serving ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                 : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+}
+
+int kd_watch_decode(struct kd_worker *w, struct kd_call *c, char *msg) {
+  grpc_byte_buffer_reader rd;
+  int have_rd;
+  const uint8_t *data;
+  size_t len;
+  int pr = payload_bytes(w, c->payload, &rd, &have_rd, &data, &len);
+  Grpc__Health__V1__HealthCheckRequest *req = NULL;
+  if (pr == 0) req = grpc__health__v1__health_check_request__unpack(&w->arena.pb, len, data);
+  if (have_rd) grpc_byte_buffer_reader_destroy(&rd);
+  if (!req) {
+    snprintf(msg, KD_SERVE_MSG_MAX, "request: %zu bytes are not a valid grpc.health.v1.HealthCheckRequest", len);
+    return GRPC_STATUS_INVALID_ARGUMENT;
+  }
+  const char *svc = req->service ? req->service : "";
+  if (strlen(svc) >= sizeof c->watch_service) {
+    snprintf(msg, KD_SERVE_MSG_MAX, "service: expected at most %zu bytes, found %zu",
+             sizeof c->watch_service - 1, strlen(svc));
+    return GRPC_STATUS_INVALID_ARGUMENT;
+  }
+  memcpy(c->watch_service, svc, strlen(svc) + 1);
   return GRPC_STATUS_OK;
+}
+
+grpc_byte_buffer *kd_health_message(int status) {
+  Grpc__Health__V1__HealthCheckResponse out = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+  out.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)status;
+  size_t size;
+  return pack_reply(&out.base, 64, &size);
 }

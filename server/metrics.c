@@ -19,13 +19,14 @@ static uint64_t k_bounds_ns[KD_M_BUCKETS - 1];
 static const char *const k_method_names[KD_M_COUNT] = {
     "Score", "GetModelMetadata", "grpc.health.v1.Health/Check", "grpc.health.v1.Health/Watch",
     "unknown"};
-static const char *const k_hist_names[KD_H_COUNT] = {"decode", "queue", "score", "encode", "total"};
+static const char *const k_hist_names[KD_H_COUNT] = {"decode", "queue", "score", "encode", "total", "reply"};
 static const char *const k_hist_help[KD_H_COUNT] = {
     "Request read + protobuf decode time",
     "Time from the worker taking the call off its completion queue to the start of decoding",
     "Model scoring time (kd_score)",
     "Response build + protobuf encode time",
-    "Server time from the call leaving the completion queue to the reply being written"};
+    "Server time from the call leaving the completion queue to the reply batch completing",
+    "Time from handing the reply batch to gRPC to its completion (transport write and stream close)"};
 static const char *const k_code_names[KD_M_CODES] = {
     "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
     "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",

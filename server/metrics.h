@@ -10,7 +10,7 @@
 #include "kdrank_loader.h"
 
 enum kd_method { KD_M_SCORE = 0, KD_M_METADATA, KD_M_CHECK, KD_M_WATCH, KD_M_UNKNOWN, KD_M_COUNT };
-enum kd_hist_kind { KD_H_DECODE = 0, KD_H_QUEUE, KD_H_SCORE, KD_H_ENCODE, KD_H_TOTAL, KD_H_COUNT };
+enum kd_hist_kind { KD_H_DECODE = 0, KD_H_QUEUE, KD_H_SCORE, KD_H_ENCODE, KD_H_TOTAL, KD_H_REPLY, KD_H_COUNT };
 #define KD_M_CODES 17      /* gRPC status codes 0..16 */
 #define KD_M_BUCKETS 16    /* 15 finite bounds + +Inf */
 #define KD_M_SERIES 256    /* (model, version, label) series per worker; series 0 = no model */

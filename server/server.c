@@ -1,8 +1,10 @@
 /* server.c - the gRPC C core plumbing of kdrank-serve: one completion queue per worker thread,
  * requests pre-posted on each, calls handled inline on the thread that dequeued them, one reply
- * batch per call, a generic request so unknown methods get UNIMPLEMENTED, graceful drain.
+ * batch per call, a generic request so unknown methods get UNIMPLEMENTED, Health/Watch streams
+ * polled by their worker, graceful drain.
  * All gRPC core calls of the server live here (the core API is pinned to Debian's 1.51). */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +17,11 @@
 #include "log.h"
 #include "serve.h"
 
-enum { CALL_IDLE = 0, CALL_POSTED = 1, CALL_REPLYING = 2 };
+enum { CALL_IDLE = 0, CALL_POSTED = 1, CALL_REPLYING = 2, CALL_WATCHING = 3 };
+
+/* Health/Watch: the stream's close notification (RECV_CLOSE_ON_SERVER) completes with tag c|1;
+ * sends complete with tag c. Only the owning worker touches its watchers. */
+#define WATCH_POLL_MS 100
 
 /* Requests kept posted per worker for the cheap methods (Score uses cfg->prepost). */
 #define KD_PREPOST_SMALL 2
@@ -79,8 +85,12 @@ static int call_post(struct kd_worker *w, int method) {
   switch (method) {
   case KD_M_SCORE:
   case KD_M_METADATA:
-  case KD_M_CHECK: {
-    void *h = method == KD_M_SCORE ? s->h_score : method == KD_M_METADATA ? s->h_metadata : s->h_check;
+  case KD_M_CHECK:
+  case KD_M_WATCH: {
+    void *h = method == KD_M_SCORE      ? s->h_score
+              : method == KD_M_METADATA ? s->h_metadata
+              : method == KD_M_CHECK    ? s->h_check
+                                        : s->h_watch;
     err = grpc_server_request_registered_call(s->server, h, &c->call, &c->deadline, &c->md,
                                               &c->payload, w->cq, w->cq, c);
     break;
@@ -125,12 +135,97 @@ static void call_reply(struct kd_worker *w, struct kd_call *c, int code, const c
   n++;
   c->code = code;
   c->state = CALL_REPLYING;
+  c->t_reply = kd_now_ns();
   grpc_call_error err = grpc_call_start_batch(c->call, ops, n, c, NULL);
   if (err != GRPC_CALL_OK) {
     kd_log(KD_LOG_ERROR, "reply_failed", "worker=%u grpc_call_error=%d", w->id, (int)err);
-    atomic_fetch_sub_explicit(&w->m->inflight, 1, memory_order_relaxed);
+    if (c->method != KD_M_WATCH) atomic_fetch_sub_explicit(&w->m->inflight, 1, memory_order_relaxed);
     call_finish(w, c);
   }
+}
+
+/* Sends on a Watch stream: initial metadata (first time), a status message (status >= 0) and, when
+ * end, the final OK status. One batch in flight per stream. */
+static void watch_send(struct kd_worker *w, struct kd_call *c, int status, int end) {
+  grpc_op ops[3];
+  memset(ops, 0, sizeof ops);
+  size_t n = 0;
+  if (!c->watch_started) {
+    ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+    c->watch_started = 1;
+  }
+  if (status >= 0) {
+    c->resp = kd_health_message(status);
+    ops[n].op = GRPC_OP_SEND_MESSAGE;
+    ops[n].data.send_message.send_message = c->resp;
+    n++;
+    c->watch_last = status;
+  }
+  if (end) {
+    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[n].data.send_status_from_server.status = GRPC_STATUS_OK;
+    n++;
+    c->watch_ending = 1;
+  }
+  if (n == 0) return;
+  c->watch_sending = 1;
+  if (grpc_call_start_batch(c->call, ops, n, c, NULL) != GRPC_CALL_OK) {
+    kd_log(KD_LOG_ERROR, "watch_send_failed", "worker=%u", w->id);
+    c->watch_sending = 0;
+    c->watch_ending = 1;
+    if (c->resp) grpc_byte_buffer_destroy(c->resp);
+    c->resp = NULL;
+    grpc_call_cancel(c->call, NULL);
+  }
+}
+
+/* Pushes health changes to this worker's Watch streams, ends them when draining, and recycles
+ * the ones that are closed with no send in flight. */
+static void watch_poll(struct kd_worker *w) {
+  struct kd_server *s = w->srv;
+  int draining = atomic_load_explicit(&s->draining, memory_order_acquire);
+  for (struct kd_call **pc = &w->watchers; *pc;) {
+    struct kd_call *c = *pc;
+    if (c->watch_closed && !c->watch_sending) {
+      *pc = c->next_watch;
+      kd_metrics_count(kd_metrics_series(w->m, -1, 0), KD_M_WATCH,
+                       c->cancelled ? GRPC_STATUS_CANCELLED : GRPC_STATUS_OK);
+      call_finish(w, c);
+      continue;
+    }
+    pc = &c->next_watch;
+    if (c->watch_sending || c->watch_ending || c->watch_closed) continue;
+    int st = kd_health_status(s, c->watch_service);
+    if (draining)
+      watch_send(w, c, st != c->watch_last ? st : -1, 1);
+    else if (st != c->watch_last)
+      watch_send(w, c, st, 0);
+  }
+}
+
+/* A Watch call arrived: decode the service, arm the close notification, send the first status. */
+static void watch_start(struct kd_worker *w, struct kd_call *c, char *msg) {
+  int code = kd_watch_decode(w, c, msg);
+  kd_arena_reset(&w->arena);
+  c->series = kd_metrics_series(w->m, -1, 0);
+  if (code != GRPC_STATUS_OK) {
+    call_reply(w, c, code, msg);
+    return;
+  }
+  c->state = CALL_WATCHING;
+  c->watch_last = -1;
+  c->watch_started = c->watch_sending = c->watch_ending = c->watch_closed = 0;
+  grpc_op op;
+  memset(&op, 0, sizeof op);
+  op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+  op.data.recv_close_on_server.cancelled = &c->cancelled;
+  if (grpc_call_start_batch(c->call, &op, 1, (void *)((uintptr_t)c | 1), NULL) != GRPC_CALL_OK) {
+    call_finish(w, c);
+    return;
+  }
+  c->next_watch = w->watchers;
+  w->watchers = c;
+  watch_send(w, c, kd_health_status(w->srv, c->watch_service), 0);
 }
 
 /* A new call arrived on c: re-post a request for its method first (so the core always has one
@@ -138,12 +233,16 @@ static void call_reply(struct kd_worker *w, struct kd_call *c, int code, const c
 static void call_arrived(struct kd_worker *w, struct kd_call *c) {
   struct kd_server *s = w->srv;
   c->t_dequeue = kd_now_ns();
-  atomic_store_explicit(&w->m->inflight,
-                        atomic_load_explicit(&w->m->inflight, memory_order_relaxed) + 1,
-                        memory_order_relaxed);
   if (!atomic_load_explicit(&s->draining, memory_order_acquire)) call_post(w, c->method);
   char msg[KD_SERVE_MSG_MAX];
   msg[0] = 0;
+  if (c->method == KD_M_WATCH) { /* a stream: not an in-flight call */
+    watch_start(w, c, msg);
+    return;
+  }
+  atomic_store_explicit(&w->m->inflight,
+                        atomic_load_explicit(&w->m->inflight, memory_order_relaxed) + 1,
+                        memory_order_relaxed);
   int code;
   switch (c->method) {
   case KD_M_SCORE:
@@ -158,7 +257,7 @@ static void call_arrived(struct kd_worker *w, struct kd_call *c) {
   default:
     code = GRPC_STATUS_UNIMPLEMENTED;
     snprintf(msg, sizeof msg, "unknown method %.*s (kdrank-serve serves /kdrank.v1.Ranker/Score, "
-             "/kdrank.v1.Ranker/GetModelMetadata, /grpc.health.v1.Health/Check)",
+             "/kdrank.v1.Ranker/GetModelMetadata, /grpc.health.v1.Health/Check and Watch)",
              (int)GRPC_SLICE_LENGTH(c->details.method), (const char *)GRPC_SLICE_START_PTR(c->details.method));
     break;
   }
@@ -180,30 +279,47 @@ static void call_replied(struct kd_worker *w, struct kd_call *c) {
                                                                       : GRPC_STATUS_CANCELLED;
   }
   kd_metrics_count(c->series, c->method, code);
-  if (c->method == KD_M_SCORE && c->series->model >= 0)
-    kd_metrics_observe(c->series, KD_H_TOTAL, kd_now_ns() - c->t_dequeue);
-  atomic_store_explicit(&w->m->inflight,
-                        atomic_load_explicit(&w->m->inflight, memory_order_relaxed) - 1,
-                        memory_order_relaxed);
+  if (c->method == KD_M_SCORE && c->series->model >= 0) {
+    uint64_t t = kd_now_ns();
+    kd_metrics_observe(c->series, KD_H_TOTAL, t - c->t_dequeue);
+    kd_metrics_observe(c->series, KD_H_REPLY, t - c->t_reply);
+  }
+  if (c->method != KD_M_WATCH)
+    atomic_store_explicit(&w->m->inflight,
+                          atomic_load_explicit(&w->m->inflight, memory_order_relaxed) - 1,
+                          memory_order_relaxed);
   call_finish(w, c);
 }
 
 static void *worker_main(void *arg) {
   struct kd_worker *w = arg;
   for (;;) {
-    grpc_event ev = grpc_completion_queue_next(w->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+    gpr_timespec dl = w->watchers ? gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                                 gpr_time_from_millis(WATCH_POLL_MS, GPR_TIMESPAN))
+                                  : gpr_inf_future(GPR_CLOCK_MONOTONIC);
+    grpc_event ev = grpc_completion_queue_next(w->cq, dl, NULL);
     if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
-    if (ev.type != GRPC_OP_COMPLETE) continue;
-    struct kd_call *c = ev.tag;
-    if (c->state == CALL_POSTED) {
-      if (!ev.success) { /* the server is shutting down: this request will never be matched */
-        call_finish(w, c);
-        continue;
+    if (ev.type == GRPC_OP_COMPLETE) {
+      uintptr_t tag = (uintptr_t)ev.tag;
+      struct kd_call *c = (struct kd_call *)(tag & ~(uintptr_t)1);
+      if (tag & 1) {                      /* a Watch stream closed */
+        c->watch_closed = 1;
+      } else if (c->state == CALL_POSTED) {
+        if (!ev.success) { /* the server is shutting down: this request will never be matched */
+          call_finish(w, c);
+          continue;
+        }
+        call_arrived(w, c);
+      } else if (c->state == CALL_REPLYING) {
+        call_replied(w, c);
+      } else if (c->state == CALL_WATCHING) { /* a Watch send completed */
+        c->watch_sending = 0;
+        if (c->resp) grpc_byte_buffer_destroy(c->resp);
+        c->resp = NULL;
+        if (!ev.success) c->watch_ending = 1;
       }
-      call_arrived(w, c);
-    } else if (c->state == CALL_REPLYING) {
-      call_replied(w, c);
     }
+    if (w->watchers) watch_poll(w);
   }
   return NULL;
 }
@@ -326,6 +442,8 @@ struct kd_server *kd_server_start(const struct kd_serve_config *cfg, kd_registry
                                               GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
   s->h_check = grpc_server_register_method(s->server, "/grpc.health.v1.Health/Check", NULL,
                                            GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+  s->h_watch = grpc_server_register_method(s->server, "/grpc.health.v1.Health/Watch", NULL,
+                                           GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
 
   s->workers = calloc(s->n_workers, sizeof *s->workers);
   if (!s->workers) {
@@ -365,7 +483,7 @@ struct kd_server *kd_server_start(const struct kd_serve_config *cfg, kd_registry
     for (long long k = 0; k < cfg->prepost && ok; k++) ok = call_post(w, KD_M_SCORE) == 0;
     for (int k = 0; k < KD_PREPOST_SMALL && ok; k++)
       ok = call_post(w, KD_M_METADATA) == 0 && call_post(w, KD_M_CHECK) == 0;
-    ok = ok && call_post(w, KD_M_UNKNOWN) == 0;
+    ok = ok && call_post(w, KD_M_WATCH) == 0 && call_post(w, KD_M_UNKNOWN) == 0;
     w->started = ok && pthread_create(&w->thread, NULL, worker_main, w) == 0;
     if (!w->started) {
       /* Fatal at start-up: shut down what exists (threads started so far are joined). */

@@ -180,11 +180,11 @@ static int cmp_d(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-static const char *k_h[5] = {"decode", "queue", "score", "encode", "total"};
+static const char *k_h[6] = {"decode", "queue", "score", "encode", "total", "reply"};
 
 /* Runs `iters` Score calls of req; fills e2e p50/mean and the server's mean per phase (µs). */
 static void run_score(struct client *c, Kdrank__V1__ScoreRequest *req, int iters, int mport, const char *labels,
-                      double *p50, double *mean, double srv[5]) {
+                      double *p50, double *mean, double srv[6]) {
   for (int i = 0; i < 20; i++) unary(c, c->h_score, &req->base, NULL); /* warm-up */
   char *before = scrape(mport);
   double *lat = malloc((size_t)iters * sizeof *lat), sum = 0;
@@ -198,7 +198,7 @@ static void run_score(struct client *c, Kdrank__V1__ScoreRequest *req, int iters
   qsort(lat, (size_t)iters, sizeof *lat, cmp_d);
   *p50 = lat[iters / 2];
   *mean = sum / iters;
-  for (int h = 0; h < 5; h++) {
+  for (int h = 0; h < 6; h++) {
     char s[64], n[64];
     snprintf(s, sizeof s, "kdrank_%s_seconds_sum", k_h[h]);
     snprintf(n, sizeof n, "kdrank_%s_seconds_count", k_h[h]);
@@ -268,10 +268,9 @@ int main(int argc, char **argv) {
   printf("kdrank-serve latency breakdown: closed loop, 1 connection, 1 call at a time, %d calls per row\n", iters);
   printf("model %s (%s, version %ld); floor: Health/Check and Score on %s (%s) with 1 candidate\n\n", model,
          meta[0]->architecture, version[0], floor_model, meta[1]->architecture);
-  printf("%-22s %6s %9s %9s | %8s %8s %8s %8s %8s | %9s %9s\n", "row", "cand", "e2e_p50", "e2e_mean",
-         "decode", "queue", "score", "encode", "srv_tot", "ovh/srv", "nonscore/e2e");
-  printf("%-22s %6s %9.1f %9s | %8s %8s %8s %8s %8s | %9s %9s\n", "Health/Check (floor)", "-", health_p50, "-", "-", "-",
-         "-", "-", "-", "-", "-");
+  printf("%-20s %5s %8s %8s | %7s %6s %8s %6s %8s %7s %8s | %8s %8s %8s\n", "row", "cand", "e2e_p50", "e2e_mean",
+         "decode", "queue", "score", "encode", "handler", "reply", "srv_tot", "ovh/hdl", "ovh/srv", "nonsc/e2e");
+  printf("%-20s %5s %8.1f %8s |\n", "Health/Check (floor)", "-", health_p50, "-");
   uint32_t ns[] = {1, 100, 500, 1000};
   char labels[2][128];
   for (int m = 0; m < 2; m++) snprintf(labels[m], sizeof labels[m], "model=\"%s\",version=\"%ld\",version_label=\"stable\"", names[m], version[m]);
@@ -281,18 +280,21 @@ int main(int argc, char **argv) {
     uint32_t n = row < 0 ? 1 : ns[row];
     Kdrank__V1__ScoreRequest *req = make_request(meta[m], n);
     int it = n >= 500 ? iters / 3 : iters;
-    double p50, mean, srv[5];
+    double p50, mean, srv[6];
     run_score(&c, req, it, mport, labels[m], &p50, &mean, srv);
     long r = pid ? rss_kib(pid, "VmRSS:") : -1;
     if (r > rss_load) rss_load = r;
     char name[64];
     snprintf(name, sizeof name, "Score %s", row < 0 ? "(floor model)" : names[m]);
-    printf("%-22s %6u %9.1f %9.1f | %8.1f %8.1f %8.1f %8.1f %8.1f | %8.1f%% %8.1f%%\n", name, n, p50, mean, srv[0],
-           srv[1], srv[2], srv[3], srv[4], 100.0 * (srv[4] - srv[2]) / srv[4], 100.0 * (mean - srv[2]) / mean);
+    double handler = srv[4] - srv[5];
+    printf("%-20s %5u %8.1f %8.1f | %7.1f %6.1f %8.1f %6.1f %8.1f %7.1f %8.1f | %7.1f%% %7.1f%% %7.1f%%\n", name, n, p50,
+           mean, srv[0], srv[1], srv[2], srv[3], handler, srv[5], srv[4], 100.0 * (handler - srv[2]) / handler,
+           100.0 * (srv[4] - srv[2]) / srv[4], 100.0 * (mean - srv[2]) / mean);
   }
-  printf("\ncolumns: e2e = client-measured round trip (us); decode/queue/score/encode/srv_tot = the server's mean per\n"
-         "call from its /metrics histograms (us; srv_tot = call dequeued -> reply written); ovh/srv = (srv_tot -\n"
-         "score) / srv_tot, the server's non-scoring share; nonscore/e2e = (e2e_mean - score) / e2e_mean.\n");
+  printf("\ncolumns (us, means): e2e = client-measured round trip; decode/queue/score/encode = the server's phases\n"
+         "from its /metrics histograms; handler = call dequeued -> reply handed to gRPC; reply = handed -> reply\n"
+         "batch complete (transport write, stream close); srv_tot = handler + reply. ovh/hdl = (handler - score) /\n"
+         "handler; ovh/srv = (srv_tot - score) / srv_tot; nonsc/e2e = (e2e_mean - score) / e2e_mean.\n");
   if (pid) {
     printf("\nRSS: idle %.1f MiB, under load %.1f MiB, peak (VmHWM) %.1f MiB; checkpoint %.1f MiB; under load - "
            "checkpoint = %.1f MiB\n",

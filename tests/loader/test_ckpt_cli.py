@@ -240,6 +240,15 @@ def main():
         rq = os.path.join(d, "req-7-3.json")
         req = json.load(open(rq))
         base = score(tiny, rq, "--oracle")
+        # each kernel of the fast path (avx2 only where the CPU has it)
+        avx2 = "avx2" in open("/proc/cpuinfo").read() and "fma" in open("/proc/cpuinfo").read()
+        for kern in ["scalar", "avx2"] if avx2 else ["scalar"]:
+            sk = score(tiny, rq, "--kernel", kern)
+            if sk and base:
+                ok, err = close(sk["scores"], base["scores"], FAST_RTOL)
+                check(ok, f"--kernel {kern} vs oracle: {err}")
+        res = run("score", tiny, "--request", rq, "--kernel", "sse9")
+        check(res.returncode == 2 and "--kernel: expected auto, scalar or avx2" in res.stderr, res.stderr)
         # --tasks selects and orders columns
         sub = score(tiny, rq, "--oracle", "--tasks", "watch_time,click")
         if base and sub:

@@ -160,7 +160,20 @@ int main(void) {
     if (a->tasks[t].served) g_tasks[g_ntasks++] = t;
   float out[N_CAND * KD_MAX_TASKS];
   REQUIRE(kd_score(kd_version_plan(v), kd_version_scratch(v, 0), &g_in.in, g_tasks, g_ntasks, g_want[2], &e) == KD_OK);
-  REQUIRE(kd_score_ref(kd_ckpt_model(kd_version_ckpt(v)), &g_in.in, g_tasks, g_ntasks, out, &e) == KD_OK);
+  char p2[512];
+  snprintf(p2, sizeof p2, "%s/a/2/model.kdr", g_repo);
+  kd_ckpt *ck2 = kd_ckpt_open(p2, &e);
+  REQUIRE(ck2);
+  CHECK(kd_version_crc(v) == kd_ckpt_crc(ck2) && kd_version_file_bytes(v) == kd_ckpt_file_size(ck2));
+  CHECK(kd_version_n_meta(v) == kd_ckpt_n_meta(ck2) && kd_version_n_meta(v) > 0);
+  for (uint32_t i = 0; i < kd_version_n_meta(v); i++) {
+    const struct kd_meta *x = kd_version_meta_at(v, i), *y = kd_ckpt_meta_at(ck2, i);
+    CHECK(strcmp(x->key, y->key) == 0 && x->type == y->type);
+    if (x->type == KD_META_STR) CHECK(strcmp(x->v.s, y->v.s) == 0 && x->v.s != y->v.s);
+  }
+  CHECK(kd_version_meta_at(v, kd_version_n_meta(v)) == NULL);
+  REQUIRE(kd_score_ref(kd_ckpt_model(ck2), &g_in.in, g_tasks, g_ntasks, out, &e) == KD_OK);
+  kd_ckpt_close(ck2);
   for (uint32_t i = 0; i < N_CAND * g_ntasks; i++) CHECK(out[i] > g_want[2][i] - 1e-4f && out[i] < g_want[2][i] + 1e-4f);
 
   /* Errors. */

@@ -107,7 +107,7 @@ class PrometheusTest(unittest.TestCase):
         cand = self.query('kdrank_candidates_scored_total{model="tiny",version="4"}')
         self.assertEqual(float(cand[0]["value"][1]), 50)
         # Histograms are real histograms to Prometheus: a quantile can be computed from them.
-        for h in ("decode", "queue", "score", "encode", "total"):
+        for h in ("decode", "queue", "score", "encode", "total", "reply"):
             q = self.query('histogram_quantile(0.5, sum by (le) (kdrank_%s_seconds_bucket{model="tiny"}))' % h)
             self.assertTrue(q, h)
             v = float(q[0]["value"][1])

@@ -253,6 +253,42 @@ class ServeTest(unittest.TestCase):
         self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn("context.count: expected 1, found 0", cm.exception.details())
 
+    def test_mutated_requests(self):
+        """Bounded mutation run: flipped, truncated, duplicated and inserted bytes of valid requests.
+        Every reply is a status (never a crash or hang); the server stays healthy."""
+        import random
+        rnd = random.Random(1234)
+        seeds = [make_request(self.tiny, n, 40 + n, k, model="tiny") for n, k in ((1, 1), (4, 2), (9, 3))]
+        blobs = []
+        for req, path in seeds:
+            blobs.append(req.SerializeToString())
+            os.unlink(path)
+        call = self.ch.unary_unary("/kdrank.v1.Ranker/Score")
+        allowed = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                   grpc.StatusCode.UNAVAILABLE}
+        seen = {}
+        for i in range(600 // kdserve.SLOW):
+            b = bytearray(rnd.choice(blobs))
+            for _ in range(rnd.randint(1, 4)):
+                op, at = rnd.randrange(4), rnd.randrange(len(b))
+                if op == 0:
+                    b[at] ^= 1 << rnd.randrange(8)
+                elif op == 1:
+                    del b[at:at + rnd.randint(1, 16)]
+                elif op == 2:
+                    b[at:at] = b[at:at + rnd.randint(1, 32)]
+                else:
+                    b[at:at] = bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 8)))
+            try:
+                call(bytes(b), timeout=10 * kdserve.SLOW)
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as e:
+                code = e.code()
+                self.assertIn(code, allowed, "mutant %d: %s %s" % (i, code, e.details()))
+            seen[code] = seen.get(code, 0) + 1
+        self.assertIn(grpc.StatusCode.INVALID_ARGUMENT, seen)
+        self.assertEqual(self.health.Check(hp.HealthCheckRequest(), timeout=10).status, hp.HealthCheckResponse.SERVING)
+
     def test_oversized_message(self):
         req = self.base()
         column(req.candidates, "item_dense").floats.extend([0.5] * (5 << 20 >> 2))  # > 4 MiB
@@ -260,7 +296,7 @@ class ServeTest(unittest.TestCase):
         self.assertEqual(got, grpc.StatusCode.RESOURCE_EXHAUSTED, msg)
 
     def test_unknown_method(self):
-        for m in ("/kdrank.v1.Ranker/Nope", "/other.Svc/Call", "/grpc.health.v1.Health/Watch"):
+        for m in ("/kdrank.v1.Ranker/Nope", "/other.Svc/Call", "/grpc.health.v1.Health/Nope"):
             with self.assertRaises(grpc.RpcError) as cm:
                 self.ch.unary_unary(m)(b"", timeout=10)
             self.assertEqual(cm.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
@@ -275,6 +311,19 @@ class ServeTest(unittest.TestCase):
             self.health.Check(hp.HealthCheckRequest(service="nope"), timeout=10)
         self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
         self.assertIn('unknown service "nope"', cm.exception.details())
+
+    def test_health_watch(self):
+        S, U = hp.HealthCheckResponse.SERVING, hp.HealthCheckResponse.SERVICE_UNKNOWN
+        for svc, want in (("", S), ("tiny", S), ("nope", U)):
+            stream = self.health.Watch(hp.HealthCheckRequest(service=svc), timeout=30)
+            self.assertEqual(next(stream).status, want, svc)
+            stream.cancel()
+        # Many streams opened and dropped: none leaks a call (the server stays responsive).
+        streams = [self.health.Watch(hp.HealthCheckRequest(), timeout=30) for _ in range(20)]
+        for st in streams:
+            self.assertEqual(next(st).status, S)
+            st.cancel()
+        self.assertEqual(self.health.Check(hp.HealthCheckRequest(), timeout=10).status, S)
 
     def test_metadata(self):
         m = self.ranker.GetModelMetadata(pb.GetModelMetadataRequest(model="tiny"), timeout=10)
@@ -382,6 +431,8 @@ class LifecycleTest(unittest.TestCase):
         result = {}
         ch = grpc.insecure_channel(srv.target())
         st = pbg.RankerStub(ch)
+        watch = hpg.HealthStub(ch).Watch(hp.HealthCheckRequest(service="tiny"), timeout=60 * kdserve.SLOW)
+        self.assertEqual(next(watch).status, hp.HealthCheckResponse.SERVING)
         fut = st.Score.future(self.req, timeout=30 * kdserve.SLOW)
         # SIGTERM once the call is in the server's handler (the in-flight gauge says so).
         self.assertTrue(kdserve.wait_for(lambda: "kdrank_inflight_calls 1" in self.metrics(srv), 10 * kdserve.SLOW))
@@ -394,6 +445,10 @@ class LifecycleTest(unittest.TestCase):
             result["new"] = cm.exception.code()
         r = fut.result(timeout=30 * kdserve.SLOW)
         self.assertEqual(list(r.scores), self.want)
+        # The Watch stream saw NOT_SERVING and was ended with OK by the drain.
+        rest = [m.status for m in watch]
+        self.assertEqual(rest, [hp.HealthCheckResponse.NOT_SERVING])
+        self.assertEqual(watch.code(), grpc.StatusCode.OK)
         # Refused: the listener is closing (UNAVAILABLE) or the core kills the not-yet-matched call
         # of a connection accepted during shutdown (CANCELLED); either way it is never handled.
         self.assertIn(result["new"], (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
