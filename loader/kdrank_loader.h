@@ -125,8 +125,9 @@ uint32_t kd_crc32c(uint32_t crc, const void *buf, size_t len);
  * quiescent-state bookkeeping on the hot path and no liburcu dependency; (3) one version may be
  * held across a whole call (decode, score, encode) on a thread that also blocks in the gRPC
  * core, which RCU read sections are not meant for. The cost, two atomic RMWs per call on a line
- * shared by the workers, is small next to a gRPC round trip (100+ us). The last release hands the version to the background thread (when watching), which
- * frees plan, metadata and scratches and asks the allocator to return the memory.
+ * shared by the workers, is small next to a gRPC round trip (100+ us). The last release hands
+ * the version to the background thread (when watching), which frees plan, metadata and scratches
+ * and asks the allocator to return the memory.
  *
  * Canary routing: with a canary of weight w, a request with routing_key k != 0 goes to the canary
  * when splitmix64(k ^ fnv1a(model)) < w * 2^64 (sticky: the same key and weight always give the
