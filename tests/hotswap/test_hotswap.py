@@ -521,8 +521,12 @@ class StressTest(unittest.TestCase):
         self.assertEqual(mismatches, [])
         self.assertGreater(counts["ok"], 100)
         self.assertGreater(counts["canary"], 0)
-        # Memory was given back: every retired version was unloaded (the keep policy holds 2).
-        self.assertGreater(text.count("event=model_unloaded"), 5)
+        # Memory was given back: every loaded version but the two the policy keeps (stable and the
+        # canary) was unloaded while serving. Publications coalesce while a load runs (the loader
+        # takes the newest), so the number of loads depends on the machine: at least 3 swaps.
+        loads = text.count("event=model_loaded")
+        self.assertGreaterEqual(loads, 5)
+        self.assertGreaterEqual(text.count("event=model_unloaded"), loads - 2)
         loaded = [v for v in st.versions if v.state == "AVAILABLE"]
         self.assertLessEqual(len(loaded), 2)
 
