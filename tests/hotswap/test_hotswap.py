@@ -519,7 +519,7 @@ class StressTest(unittest.TestCase):
         self.assertTrue(live, "last version never went live")
         self.assertEqual(failures, [])
         self.assertEqual(mismatches, [])
-        self.assertGreater(counts["ok"], 100)
+        self.assertGreater(counts["ok"], 100 // SLOW)
         self.assertGreater(counts["canary"], 0)
         # Memory was given back: every loaded version but the two the policy keeps (stable and the
         # canary) was unloaded while serving. Publications coalesce while a load runs (the loader
