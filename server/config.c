@@ -65,6 +65,21 @@ static const struct opt k_opts[] = {
     {"test-delay-ms", OPT_INT, "0", 0, 60000, NULL, F(test_delay_ms),
      "Testing only: sleep this long before scoring each Score call (drain and deadline tests). "
      "Keep 0 in production."},
+    {"admin-listen", OPT_STR, "127.0.0.1:0", 0, 0, NULL, F(admin_listen),
+     "kdrank.v1.Admin address: HOST:PORT (port 0: pick one, logged as event=admin_listening) or "
+     "unix:/path/to/socket. Keep it private: loopback or a unix socket."},
+    {"admin-token-file", OPT_STR, "", 0, 0, NULL, F(admin_token_file),
+     "File holding the Admin bearer token (first line; clients send `authorization: Bearer "
+     "<token>`). Empty: the Admin service is not started."},
+    {"rescan-interval-ms", OPT_INT, "5000", 0, 86400000, NULL, F(rescan_interval_ms),
+     "Rescan the model repository this often (a fallback for missed inotify events); 0: inotify "
+     "and Admin Reload only."},
+    {"keep-versions", OPT_INT, "2", 1, 16, NULL, F(keep_versions),
+     "Versions kept loaded per model: stable and canary always, then the newest others up to this "
+     "count (2: stable + canary, or a warm rollback target); older ones are unloaded."},
+    {"auto-promote", OPT_INT, "1", 0, 1, NULL, F(auto_promote),
+     "1: a new version found in the repository becomes stable once it verifies and warms up. 0: it "
+     "is only loaded; go live with Admin SetCanary / Promote."},
 };
 #undef F
 #define N_OPTS (sizeof k_opts / sizeof k_opts[0])

@@ -30,6 +30,11 @@ struct kd_serve_config {
   char tls_key[KD_CFG_STR_MAX];
   char tls_client_ca[KD_CFG_STR_MAX];
   long long test_delay_ms;
+  char admin_listen[KD_CFG_STR_MAX];
+  char admin_token_file[KD_CFG_STR_MAX];
+  long long rescan_interval_ms;
+  long long keep_versions;
+  long long auto_promote;
 };
 
 /* What the command line asked for besides running. */

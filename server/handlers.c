@@ -90,9 +90,9 @@ static const char *resolve_model(struct kd_server *s, const char *asked, char *m
 
 /* Acquires the version a request asks for; maps registry errors to gRPC codes. */
 static kd_version *acquire(struct kd_server *s, const char *model, uint64_t key, int64_t pin_version,
-                           const char *pin_label, int *code, char *msg) {
+                           const char *pin_label, const char **label, int *code, char *msg) {
   struct kd_err e = {0};
-  kd_version *v = kd_registry_acquire(s->reg, model, key, pin_version, pin_label, &e);
+  kd_version *v = kd_registry_route(s->reg, model, key, pin_version, pin_label, label, &e);
   if (!v) {
     *code = e.code == KD_REG_UNAVAILABLE ? GRPC_STATUS_UNAVAILABLE
             : e.code == KD_ERR_NOT_FOUND ? GRPC_STATUS_NOT_FOUND
@@ -282,13 +282,15 @@ int kd_handle_score(struct kd_worker *w, struct kd_call *c, grpc_byte_buffer **r
   } else if (req->pin_case == KDRANK__V1__SCORE_REQUEST__PIN_VERSION_LABEL) {
     pin_l = req->version_label;
   }
-  v = acquire(s, model, req->routing_key, pin_v, pin_l, &code, msg);
+  const char *label = "";
+  v = acquire(s, model, req->routing_key, pin_v, pin_l, &label, &code, msg);
   if (!v) {
     int mi = kd_registry_find(s->reg, model);
     if (mi >= 0) c->series = kd_metrics_series(w->m, mi, 0);
     return code;
   }
-  c->series = kd_metrics_series(w->m, (int32_t)kd_version_model_index(v), kd_version_number(v));
+  c->series = kd_metrics_series_l(w->m, (int32_t)kd_version_model_index(v), kd_version_number(v),
+                                  kd_label_of(label));
   kd_metrics_observe(c->series, KD_H_QUEUE, t0 - c->t_dequeue);
   kd_metrics_observe(c->series, KD_H_DECODE, t1 - t0);
 
@@ -335,13 +337,14 @@ int kd_handle_score(struct kd_worker *w, struct kd_call *c, grpc_byte_buffer **r
   uint64_t t3 = kd_now_ns();
   kd_metrics_observe(c->series, KD_H_SCORE, t3 - t2);
   kd_m_add(&c->series->candidates, n);
+  kd_metrics_scores(c->series, w->out, n, tasks, n_out);
 
   Kdrank__V1__ScoreResponse out = KDRANK__V1__SCORE_RESPONSE__INIT;
   char *tnames[KD_MAX_TASKS];
   for (uint32_t k = 0; k < n_out; k++) tnames[k] = (char *)a->tasks[tasks[k]].name;
   out.model = (char *)kd_version_model(v);
   out.version = kd_version_number(v);
-  out.version_label = (char *)kd_version_label(v);
+  out.version_label = (char *)label;
   out.n_tasks = n_out;
   out.tasks = tnames;
   out.n_scores = (size_t)n * n_out;
@@ -407,23 +410,25 @@ int kd_handle_metadata(struct kd_worker *w, struct kd_call *c, grpc_byte_buffer 
     snprintf(msg, KD_SERVE_MSG_MAX, "version: expected a positive version number, found %lld", (long long)pin_v);
     return GRPC_STATUS_INVALID_ARGUMENT;
   }
-  kd_version *v = acquire(s, model, 0, pin_v, pin_l, &code, msg);
+  const char *label = "";
+  kd_version *v = acquire(s, model, 0, pin_v, pin_l, &label, &code, msg);
   if (!v) return code;
-  c->series = kd_metrics_series(w->m, (int32_t)kd_version_model_index(v), kd_version_number(v));
+  c->series = kd_metrics_series_l(w->m, (int32_t)kd_version_model_index(v), kd_version_number(v),
+                                  kd_label_of(label));
   const struct kd_arch *a = kd_version_arch(v);
 
   Kdrank__V1__ModelMetadata out = KDRANK__V1__MODEL_METADATA__INIT;
   out.model = (char *)kd_version_model(v);
   out.version = kd_version_number(v);
-  out.version_label = (char *)kd_version_label(v);
+  out.version_label = (char *)label;
   out.architecture = (char *)a->name;
   out.max_candidates = (uint32_t)s->cfg->max_candidates;
   Kdrank__V1__FeatureSpec *fs = kd_arena_alloc(ar, a->n_features * sizeof *fs + 1);
   Kdrank__V1__FeatureSpec **fp = kd_arena_alloc(ar, a->n_features * sizeof *fp + 1);
   Kdrank__V1__TaskSpec *ts = kd_arena_alloc(ar, a->n_tasks * sizeof *ts + 1);
   Kdrank__V1__TaskSpec **tp = kd_arena_alloc(ar, a->n_tasks * sizeof *tp + 1);
-  struct kd_version_info vi[16];
-  uint32_t nv = kd_registry_versions(s->reg, kd_version_model_index(v), vi, 16);
+  struct kd_version_info vi[32];
+  uint32_t nv = kd_registry_versions(s->reg, kd_version_model_index(v), vi, 32);
   Kdrank__V1__VersionInfo *vs = kd_arena_alloc(ar, nv * sizeof *vs + 1);
   Kdrank__V1__VersionInfo **vp = kd_arena_alloc(ar, nv * sizeof *vp + 1);
   uint32_t nmeta = kd_version_n_meta(v);
@@ -464,6 +469,11 @@ int kd_handle_metadata(struct kd_worker *w, struct kd_call *c, grpc_byte_buffer 
     x.error = vi[i].error;
     x.loaded_unix_ms = vi[i].loaded_unix_ms;
     x.checkpoint_crc = vi[i].checkpoint_crc;
+    x.state_unix_ms = vi[i].state_unix_ms;
+    x.loading_unix_ms = vi[i].loading_unix_ms;
+    x.available_unix_ms = vi[i].available_unix_ms;
+    x.failed_unix_ms = vi[i].failed_unix_ms;
+    x.unloading_unix_ms = vi[i].unloading_unix_ms;
     vs[i] = x;
     vp[i] = &vs[i];
   }

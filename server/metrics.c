@@ -67,15 +67,28 @@ void kd_metrics_free(kd_metrics *m) {
 
 struct kd_wmetrics *kd_metrics_worker(kd_metrics *m, uint32_t i) { return &m->w[i]; }
 
+int32_t kd_label_of(const char *label) {
+  if (!label) return KD_L_NONE;
+  if (strcmp(label, "stable") == 0) return KD_L_STABLE;
+  if (strcmp(label, "canary") == 0) return KD_L_CANARY;
+  return KD_L_NONE;
+}
+
 struct kd_series *kd_metrics_series(struct kd_wmetrics *w, int32_t model, int64_t version) {
+  return kd_metrics_series_l(w, model, version, KD_L_NONE);
+}
+
+struct kd_series *kd_metrics_series_l(struct kd_wmetrics *w, int32_t model, int64_t version, int32_t label) {
   if (model < 0) return &w->series[0];
   uint32_t n = atomic_load_explicit(&w->n_series, memory_order_relaxed); /* we are the writer */
   for (uint32_t i = 1; i < n; i++)
-    if (w->series[i].model == model && w->series[i].version == version) return &w->series[i];
+    if (w->series[i].model == model && w->series[i].version == version && w->series[i].label == label)
+      return &w->series[i];
   if (n >= KD_M_SERIES) return &w->series[0];
   struct kd_series *s = &w->series[n];
   s->model = model;
   s->version = version;
+  s->label = label;
   atomic_store_explicit(&w->n_series, n + 1, memory_order_release); /* publish to the scraper */
   return s;
 }
@@ -86,6 +99,22 @@ void kd_metrics_observe(struct kd_series *s, int hist, uint64_t ns) {
   while (b < KD_M_BUCKETS - 1 && ns > k_bounds_ns[b]) b++;
   kd_m_add(&h->b[b], 1);
   kd_m_add(&h->sum_ns, ns);
+}
+
+void kd_metrics_scores(struct kd_series *s, const float *scores, uint32_t n, const uint32_t *tasks,
+                       uint32_t n_out) {
+  for (uint32_t t = 0; t < n_out; t++) {
+    if (tasks[t] >= KD_MAX_TASKS) continue;
+    double sum = 0;
+    for (uint32_t i = 0; i < n; i++) sum += scores[(size_t)i * n_out + t];
+    uint64_t bits = atomic_load_explicit(&s->score_sum[tasks[t]], memory_order_relaxed);
+    double cur;
+    memcpy(&cur, &bits, sizeof cur);
+    cur += sum;
+    memcpy(&bits, &cur, sizeof bits);
+    atomic_store_explicit(&s->score_sum[tasks[t]], bits, memory_order_relaxed);
+    kd_m_add(&s->score_n[tasks[t]], n);
+  }
 }
 
 /* A growing output buffer (scrape path only: allocation is fine here). */
@@ -119,11 +148,13 @@ static void bprintf(struct buf *b, const char *fmt, ...) {
   }
 }
 
-/* The distinct (model, version) keys over all workers. */
+/* The distinct (model, version, label) keys over all workers. */
 struct key {
   int32_t model;
   int64_t version;
+  int32_t label;
 };
+static const char *const k_label_names[] = {"", "stable", "canary"};
 
 static uint32_t collect_keys(kd_metrics *m, struct key *keys, uint32_t cap) {
   uint32_t n = 0;
@@ -132,8 +163,10 @@ static uint32_t collect_keys(kd_metrics *m, struct key *keys, uint32_t cap) {
     for (uint32_t i = 0; i < ns; i++) {
       struct kd_series *s = &m->w[w].series[i];
       uint32_t k = 0;
-      while (k < n && !(keys[k].model == s->model && keys[k].version == s->version)) k++;
-      if (k == n && n < cap) keys[n++] = (struct key){s->model, s->version};
+      while (k < n && !(keys[k].model == s->model && keys[k].version == s->version &&
+                        keys[k].label == s->label))
+        k++;
+      if (k == n && n < cap) keys[n++] = (struct key){s->model, s->version, s->label};
     }
   }
   return n;
@@ -147,7 +180,7 @@ static uint64_t sum_over(kd_metrics *m, struct key k, uint64_t (*get)(const stru
     uint32_t ns = atomic_load_explicit(&m->w[w].n_series, memory_order_acquire);
     for (uint32_t i = 0; i < ns; i++) {
       const struct kd_series *s = &m->w[w].series[i];
-      if (s->model == k.model && s->version == k.version) t += get(s, a, b);
+      if (s->model == k.model && s->version == k.version && s->label == k.label) t += get(s, a, b);
     }
   }
   return t;
@@ -166,14 +199,35 @@ static uint64_t get_cand(const struct kd_series *s, int a, int b) {
   (void)a, (void)b;
   return atomic_load_explicit(&s->candidates, memory_order_relaxed);
 }
+static uint64_t get_score_n(const struct kd_series *s, int t, int b) {
+  (void)b;
+  return atomic_load_explicit(&s->score_n[t], memory_order_relaxed);
+}
+/* Sum of a task's score sums over every worker's series of key k. */
+static double score_sum_over(kd_metrics *m, struct key k, int t) {
+  double tot = 0;
+  for (uint32_t w = 0; w < m->n_workers; w++) {
+    uint32_t ns = atomic_load_explicit(&m->w[w].n_series, memory_order_acquire);
+    for (uint32_t i = 0; i < ns; i++) {
+      const struct kd_series *s = &m->w[w].series[i];
+      if (s->model != k.model || s->version != k.version || s->label != k.label) continue;
+      uint64_t bits = atomic_load_explicit(&s->score_sum[t], memory_order_relaxed);
+      double d;
+      memcpy(&d, &bits, sizeof d);
+      tot += d;
+    }
+  }
+  return tot;
+}
 
 /* Label values of a key: model name and version ("" when none). */
 static void key_labels(kd_metrics *m, struct key k, char *buf, size_t cap) {
   const char *name = k.model >= 0 ? kd_registry_model_name(m->reg, (uint32_t)k.model) : NULL;
   if (name)
-    snprintf(buf, cap, "model=\"%s\",version=\"%lld\"", name, (long long)k.version);
+    snprintf(buf, cap, "model=\"%s\",version=\"%lld\",version_label=\"%s\"", name,
+             (long long)k.version, k_label_names[k.label >= 0 && k.label < 3 ? k.label : 0]);
   else
-    snprintf(buf, cap, "model=\"\",version=\"\"");
+    snprintf(buf, cap, "model=\"\",version=\"\",version_label=\"\"");
 }
 
 char *kd_metrics_render(kd_metrics *m, size_t *len) {
@@ -229,6 +283,37 @@ char *kd_metrics_render(kd_metrics *m, size_t *len) {
     bprintf(&b, "kdrank_candidates_scored_total{%s} %llu\n", lab,
             (unsigned long long)sum_over(m, keys[k], get_cand, 0, 0));
   }
+  static const char *const fam[3] = {"sum", "count", "mean"};
+  static const char *const fam_help[3] = {
+      "Sum of served scores per task, by model, version and label (canary vs stable)",
+      "Scores summed into kdrank_task_score_sum", "Mean served score per task since start"};
+  for (int f = 0; f < 3; f++) {
+    bprintf(&b, "# HELP kdrank_task_score_%s %s.\n# TYPE kdrank_task_score_%s %s\n", fam[f],
+            fam_help[f], fam[f], f == 2 ? "gauge" : "counter");
+    for (uint32_t k = 0; k < nk; k++) {
+      if (keys[k].model < 0) continue;
+      key_labels(m, keys[k], lab, sizeof lab);
+      /* Task names from the model's stable version (versions of a model share their tasks). */
+      struct kd_err e = {0};
+      kd_version *v = kd_registry_acquire(m->reg, kd_registry_model_name(m->reg, (uint32_t)keys[k].model),
+                                          0, 0, "stable", &e);
+      const struct kd_arch *a = v ? kd_version_arch(v) : NULL;
+      for (int t = 0; t < KD_MAX_TASKS; t++) {
+        uint64_t cnt = sum_over(m, keys[k], get_score_n, t, 0);
+        if (!cnt) continue;
+        char tname[KD_NAME_MAX + 16];
+        if (a && (uint32_t)t < a->n_tasks) snprintf(tname, sizeof tname, "%s", a->tasks[t].name);
+        else snprintf(tname, sizeof tname, "task_%d", t);
+        double sum = score_sum_over(m, keys[k], t);
+        if (f == 1)
+          bprintf(&b, "kdrank_task_score_count{%s,task=\"%s\"} %llu\n", lab, tname, (unsigned long long)cnt);
+        else
+          bprintf(&b, "kdrank_task_score_%s{%s,task=\"%s\"} %.9g\n", fam[f], lab, tname,
+                  f == 0 ? sum : sum / (double)cnt);
+      }
+      kd_registry_release(v);
+    }
+  }
   int64_t inflight = 0;
   for (uint32_t w = 0; w < m->n_workers; w++)
     inflight += atomic_load_explicit(&m->w[w].inflight, memory_order_relaxed);
@@ -250,13 +335,47 @@ char *kd_metrics_render(kd_metrics *m, size_t *len) {
   bprintf(&b, "# HELP kdrank_model_version The version serving as stable (0: none available).\n"
               "# TYPE kdrank_model_version gauge\n");
   for (uint32_t i = 0; i < nm; i++) {
-    struct kd_version_info vi[16];
-    uint32_t nv = kd_registry_versions(m->reg, i, vi, 16);
-    int64_t cur = 0;
-    for (uint32_t j = 0; j < nv; j++)
-      if (strcmp(vi[j].state, "AVAILABLE") == 0 && strcmp(vi[j].label, "stable") == 0) cur = vi[j].version;
+    struct kd_model_status st;
+    kd_registry_status(m->reg, i, &st);
     bprintf(&b, "kdrank_model_version{model=\"%s\"} %lld\n", kd_registry_model_name(m->reg, i),
-            (long long)cur);
+            (long long)st.stable_version);
+  }
+  for (int f = 0; f < 2; f++) {
+    bprintf(&b, f == 0 ? "# HELP kdrank_model_canary_version The canary version (0: none).\n"
+                         "# TYPE kdrank_model_canary_version gauge\n"
+                       : "# HELP kdrank_canary_weight The canary's share of routed traffic.\n"
+                         "# TYPE kdrank_canary_weight gauge\n");
+    for (uint32_t i = 0; i < nm; i++) {
+      struct kd_model_status st;
+      kd_registry_status(m->reg, i, &st);
+      const char *name = kd_registry_model_name(m->reg, i);
+      if (f == 0)
+        bprintf(&b, "kdrank_model_canary_version{model=\"%s\"} %lld\n", name, (long long)st.canary_version);
+      else
+        bprintf(&b, "kdrank_canary_weight{model=\"%s\"} %g\n", name, st.canary_weight);
+    }
+  }
+  for (int f = 0; f < 2; f++) {
+    if (f == 0)
+      bprintf(&b, "# HELP kdrank_model_version_state Versions the registry knows of (1 each), by "
+                  "state (LOADING, AVAILABLE, FAILED, UNLOADING) and label.\n"
+                  "# TYPE kdrank_model_version_state gauge\n");
+    else
+      bprintf(&b, "# HELP kdrank_model_version_state_since_seconds Unix time the version entered "
+                  "its state.\n# TYPE kdrank_model_version_state_since_seconds gauge\n");
+    for (uint32_t i = 0; i < nm; i++) {
+      struct kd_version_info vi[32];
+      uint32_t nv = kd_registry_versions(m->reg, i, vi, 32);
+      const char *name = kd_registry_model_name(m->reg, i);
+      for (uint32_t j = 0; j < nv; j++) {
+        if (f == 0)
+          bprintf(&b, "kdrank_model_version_state{model=\"%s\",version=\"%lld\",state=\"%s\",label=\"%s\"} 1\n",
+                  name, (long long)vi[j].version, vi[j].state, vi[j].label);
+        else
+          bprintf(&b, "kdrank_model_version_state_since_seconds{model=\"%s\",version=\"%lld\",state=\"%s\"} %.3f\n",
+                  name, (long long)vi[j].version, vi[j].state, (double)vi[j].state_unix_ms / 1e3);
+      }
+    }
   }
   bprintf(&b, "# HELP kdrank_build_info kdrank-serve build.\n# TYPE kdrank_build_info gauge\n"
               "kdrank_build_info{version=\"%s\"} 1\n", KD_VERSION);

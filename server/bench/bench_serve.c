@@ -273,7 +273,7 @@ int main(int argc, char **argv) {
   printf("%-20s %5s %8.1f %8s |\n", "Health/Check (floor)", "-", health_p50, "-");
   uint32_t ns[] = {1, 100, 500, 1000};
   char labels[2][128];
-  for (int m = 0; m < 2; m++) snprintf(labels[m], sizeof labels[m], "model=\"%s\",version=\"%ld\"", names[m], version[m]);
+  for (int m = 0; m < 2; m++) snprintf(labels[m], sizeof labels[m], "model=\"%s\",version=\"%ld\",version_label=\"stable\"", names[m], version[m]);
   long rss_load = 0;
   for (int row = -1; row < 4; row++) {
     int m = row < 0 ? 1 : 0;
