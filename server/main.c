@@ -60,6 +60,9 @@ int main(int argc, char **argv) {
   static struct kd_serve_config cfg; /* static: ~20 KiB of option strings */
   struct kd_err e = {0};
   int action;
+  /* Every worker scores its own calls: BLAS (used by the scalar fallback) must not start threads
+   * of its own on top of them. */
+  kd_blas_set_threads(1);
   if (kd_config_parse(argc, argv, &cfg, &action, &e) != KD_OK) {
     fprintf(stderr, "kdrank-serve: %s\n", e.msg);
     return 2;
