@@ -5,10 +5,11 @@ to kdrank-serve's Ranker/Score and prints the reply as JSON {"model","version","
 With --expect FILE (the JSON of `kdrank-ckpt score`) it compares the scores and exits 1 when any
 differs by more than --tol.
 Usage: demo_client.py --addr HOST:PORT --request REQ.json --proto-dir DIR [--model NAME]
-                      [--expect SCORE.json] [--tol 1e-5]"""
+                      [--expect SCORE.json] [--tol 0]"""
 import argparse
 import json
 import subprocess
+import struct
 import sys
 import tempfile
 
@@ -20,7 +21,7 @@ def main():
     ap.add_argument("--proto-dir", required=True)
     ap.add_argument("--model", default=None)
     ap.add_argument("--expect", default=None)
-    ap.add_argument("--tol", type=float, default=1e-5)
+    ap.add_argument("--tol", type=float, default=0.0)
     a = ap.parse_args()
     out = tempfile.mkdtemp(prefix="kdstubs-")
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I" + a.proto_dir, "--python_out=" + out,
@@ -44,7 +45,10 @@ def main():
             want = json.load(f)
         if want["tasks"] != got["tasks"] or len(want["scores"]) != len(got["scores"]):
             sys.exit("served tasks/scores %s differ in shape from kdrank-ckpt score %s" % (got["tasks"], want["tasks"]))
-        worst = max(abs(x - y) for x, y in zip(want["scores"], got["scores"]))
+        # kdrank-ckpt prints float32 values with 9 significant digits: rounded back to float32 they are
+        # the exact bits, so the same kernel on both sides must agree bit for bit (--tol relaxes it)
+        f32 = lambda v: struct.unpack("f", struct.pack("f", v))[0]
+        worst = max(abs(f32(x) - y) for x, y in zip(want["scores"], got["scores"]))
         if worst > a.tol:
             sys.exit("served scores differ from kdrank-ckpt score by %g (> %g)" % (worst, a.tol))
         print("server scores == kdrank-ckpt score (max |diff| %.3g over %d scores)" % (worst, len(got["scores"])))
