@@ -42,13 +42,6 @@ static void check_soft_losses(void) {
       }
 }
 
-static double loss_at(kd_trainer *t, const struct kd_table *tab, const uint64_t *rows, uint32_t n) {
-  double l;
-  struct kd_err e;
-  REQUIRE(kd_trainer_grad(t, tab, rows, n, &l, NULL, &e) == KD_OK);
-  return l;
-}
-
 /* A tiny net with an auxiliary head per task, hard terms on the served heads, soft terms on the
  * aux heads (and a direct soft term on task 0): every tensor's gradient against finite differences. */
 static void check_aux_grads(float T) {
@@ -106,42 +99,14 @@ static void check_aux_grads(float T) {
   for (int i = 0; i < 12; i++) rows[i] = (uint64_t)i;
   uint32_t nt = kd_arch_n_tensors(&a);
   int bad = 0, checked = 0;
+  char ctx[32];
+  snprintf(ctx, sizeof ctx, "aux, T %g", T);
   for (uint32_t ti = 0; ti < nt; ti++) {
     struct kd_tensor_info inf;
     kd_arch_tensor(&a, ti, &inf);
-    float *an = malloc(inf.numel * sizeof(float));
-    REQUIRE(an);
-    loss_at(t, &tab, rows, 12);
-    memcpy(an, kd_trainer_grad_tensor(t, ti), inf.numel * sizeof(float));
-    uint64_t step = inf.numel > 48 ? inf.numel / 48 + 1 : 1;
     int nonzero = 0;
-    for (uint64_t j = 0; j < inf.numel; j += step) {
-      float *w = m->t[ti] + j, w0 = *w;
-      int ok = 0;
-      double fd = 0;
-      for (int hi = 0; hi < 2 && !ok; hi++) {
-        float h = hi ? 3e-4f : 2e-3f;
-        *w = w0 + h;
-        double lp = loss_at(t, &tab, rows, 12);
-        *w = w0 - h;
-        double lm = loss_at(t, &tab, rows, 12);
-        *w = w0;
-        double l0 = loss_at(t, &tab, rows, 12);
-        fd = (lp - lm) / (2.0 * h);
-        ok = fabs(fd - an[j]) <= 1e-3 + 2e-2 * fabs(fd);
-        double fp = (lp - l0) / h, fm = (l0 - lm) / h;
-        ok |= fabs(fp - an[j]) <= 1e-3 + 2e-2 * fabs(fp) || fabs(fm - an[j]) <= 1e-3 + 2e-2 * fabs(fm);
-      }
-      nonzero += an[j] != 0;
-      checked++;
-      if (!ok) {
-        bad++;
-        fprintf(stderr, "aux grad %s[%llu]: analytic %.6g, finite difference %.6g (T %g)\n", inf.name,
-                (unsigned long long)j, an[j], fd, T);
-      }
-    }
+    bad += tt_gradcheck_tensor(t, m, &tab, rows, 12, ti, 48, ctx, &checked, &nonzero);
     CHECKF(nonzero > 0, "tensor %s: no non-zero gradient sampled", inf.name);
-    free(an);
   }
   CHECKF(bad == 0, "%d of %d gradient elements disagree (T %g)", bad, checked, T);
   /* a soft term reading a table without teacher columns is refused, not read out of bounds */

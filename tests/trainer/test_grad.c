@@ -8,13 +8,6 @@
 #include "kd_test.h"
 #include "tt_util.h"
 
-static double loss_at(kd_trainer *t, const struct kd_table *tab, const uint64_t *rows, uint32_t n) {
-  double l;
-  struct kd_err e;
-  REQUIRE(kd_trainer_grad(t, tab, rows, n, &l, NULL, &e) == KD_OK);
-  return l;
-}
-
 static void check_grads(float act_clip, float huber, uint32_t threads) {
   struct kd_arch a;
   struct kd_err e;
@@ -35,47 +28,16 @@ static void check_grads(float act_clip, float huber, uint32_t threads) {
   REQUIRE(t);
   uint64_t rows[12];
   for (int i = 0; i < 12; i++) rows[i] = (uint64_t)i;
-  loss_at(t, &tab, rows, 12);
   uint32_t nt = kd_arch_n_tensors(&a);
   int bad = 0, checked = 0;
+  char ctx[96];
+  snprintf(ctx, sizeof ctx, "clip %g, huber %g, threads %u", act_clip, huber, threads);
   for (uint32_t ti = 0; ti < nt; ti++) {
     struct kd_tensor_info inf;
     kd_arch_tensor(&a, ti, &inf);
-    float *an = malloc(inf.numel * sizeof(float));
-    REQUIRE(an);
-    loss_at(t, &tab, rows, 12);
-    memcpy(an, kd_trainer_grad_tensor(t, ti), inf.numel * sizeof(float));
-    /* sample elements: every element of small tensors; for embeddings also untouched rows */
-    uint64_t step = inf.numel > 64 ? inf.numel / 64 + 1 : 1;
     int nonzero = 0;
-    for (uint64_t j = 0; j < inf.numel; j += step) {
-      float *w = m->t[ti] + j, w0 = *w;
-      int ok = 0;
-      double fd = 0;
-      for (int hi = 0; hi < 2 && !ok; hi++) {
-        float h = hi ? 3e-4f : 2e-3f;
-        *w = w0 + h;
-        double lp = loss_at(t, &tab, rows, 12);
-        *w = w0 - h;
-        double lm = loss_at(t, &tab, rows, 12);
-        *w = w0;
-        double l0 = loss_at(t, &tab, rows, 12);
-        fd = (lp - lm) / (2.0 * h);
-        ok = fabs(fd - an[j]) <= 1e-3 + 2e-2 * fabs(fd);
-        /* at a ReLU/clip kink within h, one one-sided difference matches the (sub)gradient */
-        double fp = (lp - l0) / h, fm = (l0 - lm) / h;
-        ok |= fabs(fp - an[j]) <= 1e-3 + 2e-2 * fabs(fp) || fabs(fm - an[j]) <= 1e-3 + 2e-2 * fabs(fm);
-      }
-      nonzero += an[j] != 0;
-      checked++;
-      if (!ok) {
-        bad++;
-        fprintf(stderr, "grad %s[%llu]: analytic %.6g, finite difference %.6g (clip %g, huber %g, threads %u)\n",
-                inf.name, (unsigned long long)j, an[j], fd, act_clip, huber, threads);
-      }
-    }
+    bad += tt_gradcheck_tensor(t, m, &tab, rows, 12, ti, 64, ctx, &checked, &nonzero);
     CHECKF(nonzero > 0, "tensor %s: no non-zero gradient sampled", inf.name);
-    free(an);
   }
   CHECKF(bad == 0, "%d of %d gradient elements disagree", bad, checked);
   kd_trainer_free(t);

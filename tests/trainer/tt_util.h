@@ -3,6 +3,7 @@
 #define TT_UTIL_H
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -67,4 +68,58 @@ static void tt_losses(struct kd_train_params *p, const struct kd_arch *a, float 
     lt->delta = huber;
   }
 }
+/* The batch loss at the current weights (gradients are computed too; the tests read them after). */
+static double tt_loss_at(kd_trainer *t, const struct kd_table *tab, const uint64_t *rows, uint32_t n) {
+  double l = NAN;
+  struct kd_err e;
+  if (kd_trainer_grad(t, tab, rows, n, &l, NULL, &e) != KD_OK) {
+    fprintf(stderr, "kd_trainer_grad: %s\n", e.msg);
+    exit(1);
+  }
+  return l;
+}
+
+/* Checks tensor ti's analytic gradient against central finite differences on about `samples`
+ * evenly spaced elements (every element of small tensors). At a ReLU/clip kink within h, one
+ * one-sided difference matches the (sub)gradient, so that passes too. Returns the number of
+ * elements that disagree (printed with ctx); adds to *checked and *nonzero. */
+static int tt_gradcheck_tensor(kd_trainer *t, struct kd_model *m, const struct kd_table *tab, const uint64_t *rows,
+                               uint32_t n, uint32_t ti, uint64_t samples, const char *ctx, int *checked, int *nonzero) {
+  struct kd_tensor_info inf;
+  kd_arch_tensor(&m->arch, ti, &inf);
+  float *an = malloc(inf.numel * sizeof(float));
+  if (!an) exit(1);
+  tt_loss_at(t, tab, rows, n);
+  memcpy(an, kd_trainer_grad_tensor(t, ti), inf.numel * sizeof(float));
+  uint64_t step = inf.numel > samples ? inf.numel / samples + 1 : 1;
+  int bad = 0;
+  for (uint64_t j = 0; j < inf.numel; j += step) {
+    float *w = m->t[ti] + j, w0 = *w;
+    int ok = 0;
+    double fd = 0;
+    for (int hi = 0; hi < 2 && !ok; hi++) {
+      float h = hi ? 3e-4f : 2e-3f;
+      *w = w0 + h;
+      double lp = tt_loss_at(t, tab, rows, n);
+      *w = w0 - h;
+      double lm = tt_loss_at(t, tab, rows, n);
+      *w = w0;
+      double l0 = tt_loss_at(t, tab, rows, n);
+      fd = (lp - lm) / (2.0 * h);
+      ok = fabs(fd - an[j]) <= 1e-3 + 2e-2 * fabs(fd);
+      double fp = (lp - l0) / h, fm = (l0 - lm) / h;
+      ok |= fabs(fp - an[j]) <= 1e-3 + 2e-2 * fabs(fp) || fabs(fm - an[j]) <= 1e-3 + 2e-2 * fabs(fm);
+    }
+    *nonzero += an[j] != 0;
+    (*checked)++;
+    if (!ok) {
+      bad++;
+      fprintf(stderr, "grad %s[%llu]: analytic %.6g, finite difference %.6g (%s)\n", inf.name,
+              (unsigned long long)j, an[j], fd, ctx);
+    }
+  }
+  free(an);
+  return bad;
+}
+
 #endif
