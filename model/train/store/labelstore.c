@@ -78,6 +78,16 @@ int kd_ls_tasks_split(const char *s, struct kd_label_manifest *m, const char *di
 
 /* The digest: sum over rows (mod 2^64) of a mix of the example id and each logit's bits, so it
  * does not depend on the order rows were put or read. */
+int kd_ls_check_schema(const kd_labelstore *s, int ver, struct kd_err *e) {
+  if (ver <= 0)
+    return kd_err_set(e, KD_ERR_INVALID, "label store %s: no schema_version in kd_label_meta (not a kdrank label store)%s",
+                      s->display, s->p.read_only ? "; opened read-only, so nothing was created" : "");
+  if (ver != KD_LS_SCHEMA_VERSION)
+    return kd_err_set(e, KD_ERR_UNSUPPORTED, "label store %s: schema version %d, this build reads version %d",
+                      s->display, ver, KD_LS_SCHEMA_VERSION);
+  return KD_OK;
+}
+
 static uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;

@@ -105,6 +105,9 @@ const char *kd_ls_state_name(uint32_t state);
 uint32_t kd_ls_state_parse(const char *s);
 /* 32-bit FNV-1a of the version name: the writer lock's key. */
 uint32_t kd_ls_version_hash(const char *version);
+/* Checks a store's schema version read by a backend: ver <= 0 (no version row) -> KD_ERR_INVALID
+ * "not a kdrank label store", another version -> KD_ERR_UNSUPPORTED; KD_OK when it is this build's. */
+int kd_ls_check_schema(const kd_labelstore *s, int ver, struct kd_err *e);
 /* "host:pid" of this process, for the manifest's writer column (diagnostics only). */
 void kd_ls_writer_tag(char *out, size_t cap);
 /* Copies src into dst[cap] (always NUL-terminated); 1 if it was truncated. */

@@ -198,16 +198,7 @@ static int pg_open(kd_labelstore *s, struct kd_err *e) {
     if ((rc = pg_exec(c, "COMMIT", PGRES_COMMAND_OK, s->display, "creating tables", e))) goto fail_c;
     if ((rc = pg_schema_version(s, c, &ver, e))) goto fail_c;
   }
-  if (ver <= 0) {
-    rc = kd_err_set(e, KD_ERR_INVALID, "%s: not a kdrank label store (no kd_label_meta schema_version)%s", s->display,
-                    s->p.read_only ? "; opened read-only, so nothing was created" : "");
-    goto fail_c;
-  }
-  if (ver != KD_LS_SCHEMA_VERSION) {
-    rc = kd_err_set(e, KD_ERR_UNSUPPORTED, "%s: label store schema version %d, this build reads version %d",
-                    s->display, ver, KD_LS_SCHEMA_VERSION);
-    goto fail_c;
-  }
+  if ((rc = kd_ls_check_schema(s, ver, e))) goto fail_c;
   s->impl = c;
   return KD_OK;
 

@@ -132,16 +132,7 @@ static int sq_open(kd_labelstore *s, struct kd_err *e) {
   int step = sqlite3_step(st);
   int ver = step == SQLITE_ROW ? sqlite3_column_int(st, 0) : 0;
   sqlite3_finalize(st);
-  if (step != SQLITE_ROW) {
-    rc = kd_err_set(e, KD_ERR_INVALID, "label store %s: no schema_version in kd_label_meta (not a kdrank label store)",
-                    s->display);
-    goto fail_db;
-  }
-  if (ver != KD_LS_SCHEMA_VERSION) {
-    rc = kd_err_set(e, KD_ERR_UNSUPPORTED, "label store %s: schema version %d, this build reads version %d",
-                    s->display, ver, KD_LS_SCHEMA_VERSION);
-    goto fail_db;
-  }
+  if ((rc = kd_ls_check_schema(s, step == SQLITE_ROW ? ver : 0, e))) goto fail_db;
   s->impl = db;
   return KD_OK;
 
