@@ -4,6 +4,7 @@
  * call must carry `authorization: Bearer <token>` (the token file's first line), else
  * UNAUTHENTICATED; every call is logged (event=admin_call) with its outcome. */
 #include "admin.h"
+#include "rpc.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -32,14 +33,7 @@ enum { AC_POSTED = 1, AC_REPLYING = 2 };
 
 struct acall {
   int method, state;
-  grpc_call *call;
-  gpr_timespec deadline;
-  grpc_metadata_array md;
-  grpc_byte_buffer *payload;
-  grpc_call_details details;
-  grpc_byte_buffer *resp;
-  grpc_slice status_details;
-  int have_details, cancelled;
+  struct kd_rpc rpc;
 };
 
 struct kd_admin {
@@ -60,28 +54,20 @@ static int post(struct kd_admin *a, struct acall *c) {
   memset(c, 0, sizeof *c);
   c->method = (int)(c - a->calls);
   c->state = AC_POSTED;
-  grpc_metadata_array_init(&c->md);
+  grpc_metadata_array_init(&c->rpc.md);
   grpc_call_error err;
   if (c->method < A_UNKNOWN) {
-    err = grpc_server_request_registered_call(a->server, a->h[c->method], &c->call, &c->deadline,
-                                              &c->md, &c->payload, a->cq, a->cq, c);
+    err = grpc_server_request_registered_call(a->server, a->h[c->method], &c->rpc.call, &c->rpc.deadline,
+                                              &c->rpc.md, &c->rpc.payload, a->cq, a->cq, c);
   } else {
-    grpc_call_details_init(&c->details);
-    err = grpc_server_request_call(a->server, &c->call, &c->details, &c->md, a->cq, a->cq, c);
+    grpc_call_details_init(&c->rpc.details);
+    err = grpc_server_request_call(a->server, &c->rpc.call, &c->rpc.details, &c->rpc.md, a->cq, a->cq, c);
   }
   return err == GRPC_CALL_OK ? 0 : -1;
 }
 
 static void finish(struct acall *c) {
-  if (c->payload) grpc_byte_buffer_destroy(c->payload);
-  if (c->resp) grpc_byte_buffer_destroy(c->resp);
-  c->payload = c->resp = NULL;
-  grpc_metadata_array_destroy(&c->md);
-  if (c->method == A_UNKNOWN) grpc_call_details_destroy(&c->details);
-  if (c->have_details) grpc_slice_unref(c->status_details);
-  c->have_details = 0;
-  if (c->call) grpc_call_unref(c->call);
-  c->call = NULL;
+  kd_rpc_release(&c->rpc, c->method == A_UNKNOWN);
   c->state = 0;
 }
 
@@ -173,11 +159,11 @@ static int code_of(int kd) {
   }
 }
 
-/* Handles one authorised call; fills c->resp; returns the status code (msg for errors) and a
+/* Handles one authorised call; fills c->rpc.resp; returns the status code (msg for errors) and a
  * short description of the action for the log. */
 static int handle(struct kd_admin *a, struct acall *c, char *msg, size_t mcap, char *what, size_t wcap) {
   size_t len;
-  uint8_t *data = payload_copy(c->payload, &len);
+  uint8_t *data = payload_copy(c->rpc.payload, &len);
   if (!data) {
     snprintf(msg, mcap, "request: unreadable payload");
     return GRPC_STATUS_INVALID_ARGUMENT;
@@ -211,7 +197,7 @@ static int handle(struct kd_admin *a, struct acall *c, char *msg, size_t mcap, c
       Kdrank__V1__ListModelsResponse out = KDRANK__V1__LIST_MODELS_RESPONSE__INIT;
       out.n_models = nm;
       out.models = sp;
-      c->resp = pack(&out.base);
+      c->rpc.resp = pack(&out.base);
       snprintf(what, wcap, "models=%u", nm);
     }
     free(bufs);
@@ -239,12 +225,12 @@ static int handle(struct kd_admin *a, struct acall *c, char *msg, size_t mcap, c
     int mi = model ? kd_registry_find(a->reg, model) : (a->default_model ? kd_registry_find(a->reg, a->default_model) : 0);
     if (mi < 0 || (uint32_t)mi >= kd_registry_n_models(a->reg)) {
       Kdrank__V1__ModelStatus empty = KDRANK__V1__MODEL_STATUS__INIT;
-      c->resp = pack(&empty.base);
+      c->rpc.resp = pack(&empty.base);
     } else {
       struct status_buf *b = calloc(1, sizeof *b);
       if (b) {
         status_fill(a, (uint32_t)mi, b);
-        c->resp = pack(&b->st.base);
+        c->rpc.resp = pack(&b->st.base);
         free(b);
       } else {
         snprintf(msg, mcap, "out of memory");
@@ -261,24 +247,24 @@ static void reply(struct acall *c, int code, const char *msg) {
   memset(ops, 0, sizeof ops);
   size_t n = 0;
   ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
-  if (c->resp) {
+  if (c->rpc.resp) {
     ops[n].op = GRPC_OP_SEND_MESSAGE;
-    ops[n].data.send_message.send_message = c->resp;
+    ops[n].data.send_message.send_message = c->rpc.resp;
     n++;
   }
   ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
   ops[n].data.send_status_from_server.status = (grpc_status_code)code;
   if (code != GRPC_STATUS_OK && msg[0]) {
-    c->status_details = grpc_slice_from_copied_string(msg);
-    c->have_details = 1;
-    ops[n].data.send_status_from_server.status_details = &c->status_details;
+    c->rpc.status_details = grpc_slice_from_copied_string(msg);
+    c->rpc.have_details = 1;
+    ops[n].data.send_status_from_server.status_details = &c->rpc.status_details;
   }
   n++;
   ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-  ops[n].data.recv_close_on_server.cancelled = &c->cancelled;
+  ops[n].data.recv_close_on_server.cancelled = &c->rpc.cancelled;
   n++;
   c->state = AC_REPLYING;
-  if (grpc_call_start_batch(c->call, ops, n, c, NULL) != GRPC_CALL_OK) {
+  if (grpc_call_start_batch(c->rpc.call, ops, n, c, NULL) != GRPC_CALL_OK) {
     kd_log(KD_LOG_ERROR, "admin_reply_failed", "method=%s", k_names[c->method]);
     finish(c); /* this context is not re-posted (the core refused the batch) */
   }
@@ -287,7 +273,7 @@ static void reply(struct acall *c, int code, const char *msg) {
 static void arrived(struct kd_admin *a, struct acall *c) {
   char msg[1024] = "", what[600] = "";
   int code;
-  if (!authorized(a, &c->md)) {
+  if (!authorized(a, &c->rpc.md)) {
     code = GRPC_STATUS_UNAUTHENTICATED;
     snprintf(msg, sizeof msg, "kdrank.v1.Admin needs metadata authorization: Bearer <token> "
              "with the token of --admin-token-file");
@@ -295,7 +281,7 @@ static void arrived(struct kd_admin *a, struct acall *c) {
     code = GRPC_STATUS_UNIMPLEMENTED;
     snprintf(msg, sizeof msg, "unknown method %.*s on the admin address (kdrank.v1.Admin: ListModels, "
              "SetCanary, Promote, Rollback, Reload)",
-             (int)GRPC_SLICE_LENGTH(c->details.method), (const char *)GRPC_SLICE_START_PTR(c->details.method));
+             (int)GRPC_SLICE_LENGTH(c->rpc.details.method), (const char *)GRPC_SLICE_START_PTR(c->rpc.details.method));
   } else {
     code = handle(a, c, msg, sizeof msg, what, sizeof what);
   }
@@ -303,7 +289,7 @@ static void arrived(struct kd_admin *a, struct acall *c) {
       "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
       "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE",
       "DATA_LOSS", "UNAUTHENTICATED"};
-  char *peer = grpc_call_get_peer(c->call);
+  char *peer = grpc_call_get_peer(c->rpc.call);
   kd_log(code == GRPC_STATUS_OK ? KD_LOG_INFO : KD_LOG_WARN, "admin_call",
          "method=%s %s peer=%s code=%s%s%s%s", k_names[c->method], what, peer ? peer : "",
          codes[code >= 0 && code < 17 ? code : 2], msg[0] ? " error=\"" : "", msg, msg[0] ? "\"" : "");

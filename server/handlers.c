@@ -74,7 +74,7 @@ static grpc_byte_buffer *pack_reply(const ProtobufCMessage *msg, size_t max, siz
 /* 1 when the call's deadline has passed. */
 static int deadline_passed(const struct kd_call *c) {
   gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
-  gpr_timespec dl = gpr_convert_clock_type(c->deadline, GPR_CLOCK_MONOTONIC);
+  gpr_timespec dl = gpr_convert_clock_type(c->rpc.deadline, GPR_CLOCK_MONOTONIC);
   return gpr_time_cmp(now, dl) >= 0;
 }
 
@@ -255,7 +255,7 @@ int kd_handle_score(struct kd_worker *w, struct kd_call *c, grpc_byte_buffer **r
   kd_version *v = NULL;
   *resp = NULL;
 
-  int pr = payload_bytes(w, c->payload, &rd, &have_rd, &data, &len);
+  int pr = payload_bytes(w, c->rpc.payload, &rd, &have_rd, &data, &len);
   Kdrank__V1__ScoreRequest *req = NULL;
   if (pr == 0) req = kdrank__v1__score_request__unpack(&w->arena.pb, len, data);
   if (have_rd) grpc_byte_buffer_reader_destroy(&rd);
@@ -393,7 +393,7 @@ int kd_handle_metadata(struct kd_worker *w, struct kd_call *c, grpc_byte_buffer 
   const uint8_t *data;
   size_t len;
   *resp = NULL;
-  int pr = payload_bytes(w, c->payload, &rd, &have_rd, &data, &len);
+  int pr = payload_bytes(w, c->rpc.payload, &rd, &have_rd, &data, &len);
   Kdrank__V1__GetModelMetadataRequest *req = NULL;
   if (pr == 0) req = kdrank__v1__get_model_metadata_request__unpack(&ar->pb, len, data);
   if (have_rd) grpc_byte_buffer_reader_destroy(&rd);
@@ -517,7 +517,7 @@ int kd_handle_check(struct kd_worker *w, struct kd_call *c, grpc_byte_buffer **r
   const uint8_t *data;
   size_t len;
   *resp = NULL;
-  int pr = payload_bytes(w, c->payload, &rd, &have_rd, &data, &len);
+  int pr = payload_bytes(w, c->rpc.payload, &rd, &have_rd, &data, &len);
   Grpc__Health__V1__HealthCheckRequest *req = NULL;
   if (pr == 0) req = grpc__health__v1__health_check_request__unpack(&w->arena.pb, len, data);
   if (have_rd) grpc_byte_buffer_reader_destroy(&rd);
@@ -561,7 +561,7 @@ int kd_watch_decode(struct kd_worker *w, struct kd_call *c, char *msg) {
   int have_rd;
   const uint8_t *data;
   size_t len;
-  int pr = payload_bytes(w, c->payload, &rd, &have_rd, &data, &len);
+  int pr = payload_bytes(w, c->rpc.payload, &rd, &have_rd, &data, &len);
   Grpc__Health__V1__HealthCheckRequest *req = NULL;
   if (pr == 0) req = grpc__health__v1__health_check_request__unpack(&w->arena.pb, len, data);
   if (have_rd) grpc_byte_buffer_reader_destroy(&rd);

@@ -12,6 +12,7 @@
 #include "arena.h"
 #include "config.h"
 #include "kdrank_loader.h"
+#include "rpc.h"
 #include "metrics.h"
 
 #define KD_SERVE_MSG_MAX 1024 /* status message bytes */
@@ -23,15 +24,7 @@ struct kd_call {
   struct kd_worker *w;
   int method;                 /* enum kd_method */
   int state;                  /* CALL_* in server.c */
-  grpc_call *call;
-  gpr_timespec deadline;
-  grpc_metadata_array md;
-  grpc_byte_buffer *payload;  /* registered methods: the request message (may be NULL = empty) */
-  grpc_call_details details;  /* generic request only */
-  grpc_byte_buffer *resp;
-  grpc_slice status_details;
-  int have_details;
-  int cancelled;
+  struct kd_rpc rpc;
   int code;                   /* status sent */
   struct kd_series *series;   /* metrics series of the call */
   uint64_t t_dequeue;         /* ns, CLOCK_MONOTONIC */

@@ -56,16 +56,20 @@ static void call_put(struct kd_worker *w, struct kd_call *c) {
 
 /* Releases everything a finished (or never started) call holds and returns it to the free list. */
 static void call_finish(struct kd_worker *w, struct kd_call *c) {
-  if (c->payload) grpc_byte_buffer_destroy(c->payload);
-  if (c->resp) grpc_byte_buffer_destroy(c->resp);
-  c->payload = c->resp = NULL;
-  grpc_metadata_array_destroy(&c->md);
-  if (c->method == KD_M_UNKNOWN) grpc_call_details_destroy(&c->details);
-  if (c->have_details) grpc_slice_unref(c->status_details);
-  c->have_details = 0;
-  if (c->call) grpc_call_unref(c->call);
-  c->call = NULL;
+  kd_rpc_release(&c->rpc, c->method == KD_M_UNKNOWN);
   call_put(w, c);
+}
+
+void kd_rpc_release(struct kd_rpc *r, int generic) {
+  if (r->payload) grpc_byte_buffer_destroy(r->payload);
+  if (r->resp) grpc_byte_buffer_destroy(r->resp);
+  r->payload = r->resp = NULL;
+  grpc_metadata_array_destroy(&r->md);
+  if (generic) grpc_call_details_destroy(&r->details);
+  if (r->have_details) grpc_slice_unref(r->status_details);
+  r->have_details = 0;
+  if (r->call) grpc_call_unref(r->call);
+  r->call = NULL;
 }
 
 /* Posts one request for `method` on the worker's queue. Returns 0 or -1 (server shut down). */
@@ -75,12 +79,12 @@ static int call_post(struct kd_worker *w, int method) {
   if (!c) return -1;
   c->method = method;
   c->state = CALL_POSTED;
-  c->call = NULL;
-  c->payload = c->resp = NULL;
-  c->cancelled = 0;
+  c->rpc.call = NULL;
+  c->rpc.payload = c->rpc.resp = NULL;
+  c->rpc.cancelled = 0;
   c->code = 0;
   c->series = NULL;
-  grpc_metadata_array_init(&c->md);
+  grpc_metadata_array_init(&c->rpc.md);
   grpc_call_error err;
   switch (method) {
   case KD_M_SCORE:
@@ -91,13 +95,13 @@ static int call_post(struct kd_worker *w, int method) {
               : method == KD_M_METADATA ? s->h_metadata
               : method == KD_M_CHECK    ? s->h_check
                                         : s->h_watch;
-    err = grpc_server_request_registered_call(s->server, h, &c->call, &c->deadline, &c->md,
-                                              &c->payload, w->cq, w->cq, c);
+    err = grpc_server_request_registered_call(s->server, h, &c->rpc.call, &c->rpc.deadline, &c->rpc.md,
+                                              &c->rpc.payload, w->cq, w->cq, c);
     break;
   }
   default:
-    grpc_call_details_init(&c->details);
-    err = grpc_server_request_call(s->server, &c->call, &c->details, &c->md, w->cq, w->cq, c);
+    grpc_call_details_init(&c->rpc.details);
+    err = grpc_server_request_call(s->server, &c->rpc.call, &c->rpc.details, &c->rpc.md, w->cq, w->cq, c);
     break;
   }
   if (err != GRPC_CALL_OK) {
@@ -116,27 +120,27 @@ static void call_reply(struct kd_worker *w, struct kd_call *c, int code, const c
   ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
   ops[n].data.send_initial_metadata.count = 0;
   n++;
-  if (c->resp) {
+  if (c->rpc.resp) {
     ops[n].op = GRPC_OP_SEND_MESSAGE;
-    ops[n].data.send_message.send_message = c->resp;
+    ops[n].data.send_message.send_message = c->rpc.resp;
     n++;
   }
   ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
   ops[n].data.send_status_from_server.trailing_metadata_count = 0;
   ops[n].data.send_status_from_server.status = (grpc_status_code)code;
   if (code != GRPC_STATUS_OK && msg && msg[0]) {
-    c->status_details = grpc_slice_from_copied_string(msg);
-    c->have_details = 1;
-    ops[n].data.send_status_from_server.status_details = &c->status_details;
+    c->rpc.status_details = grpc_slice_from_copied_string(msg);
+    c->rpc.have_details = 1;
+    ops[n].data.send_status_from_server.status_details = &c->rpc.status_details;
   }
   n++;
   ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-  ops[n].data.recv_close_on_server.cancelled = &c->cancelled;
+  ops[n].data.recv_close_on_server.cancelled = &c->rpc.cancelled;
   n++;
   c->code = code;
   c->state = CALL_REPLYING;
   c->t_reply = kd_now_ns();
-  grpc_call_error err = grpc_call_start_batch(c->call, ops, n, c, NULL);
+  grpc_call_error err = grpc_call_start_batch(c->rpc.call, ops, n, c, NULL);
   if (err != GRPC_CALL_OK) {
     kd_log(KD_LOG_ERROR, "reply_failed", "worker=%u grpc_call_error=%d", w->id, (int)err);
     if (c->method != KD_M_WATCH) atomic_fetch_sub_explicit(&w->m->inflight, 1, memory_order_relaxed);
@@ -155,9 +159,9 @@ static void watch_send(struct kd_worker *w, struct kd_call *c, int status, int e
     c->watch_started = 1;
   }
   if (status >= 0) {
-    c->resp = kd_health_message(status);
+    c->rpc.resp = kd_health_message(status);
     ops[n].op = GRPC_OP_SEND_MESSAGE;
-    ops[n].data.send_message.send_message = c->resp;
+    ops[n].data.send_message.send_message = c->rpc.resp;
     n++;
     c->watch_last = status;
   }
@@ -169,13 +173,13 @@ static void watch_send(struct kd_worker *w, struct kd_call *c, int status, int e
   }
   if (n == 0) return;
   c->watch_sending = 1;
-  if (grpc_call_start_batch(c->call, ops, n, c, NULL) != GRPC_CALL_OK) {
+  if (grpc_call_start_batch(c->rpc.call, ops, n, c, NULL) != GRPC_CALL_OK) {
     kd_log(KD_LOG_ERROR, "watch_send_failed", "worker=%u", w->id);
     c->watch_sending = 0;
     c->watch_ending = 1;
-    if (c->resp) grpc_byte_buffer_destroy(c->resp);
-    c->resp = NULL;
-    grpc_call_cancel(c->call, NULL);
+    if (c->rpc.resp) grpc_byte_buffer_destroy(c->rpc.resp);
+    c->rpc.resp = NULL;
+    grpc_call_cancel(c->rpc.call, NULL);
   }
 }
 
@@ -189,7 +193,7 @@ static void watch_poll(struct kd_worker *w) {
     if (c->watch_closed && !c->watch_sending) {
       *pc = c->next_watch;
       kd_metrics_count(kd_metrics_series(w->m, -1, 0), KD_M_WATCH,
-                       c->cancelled ? GRPC_STATUS_CANCELLED : GRPC_STATUS_OK);
+                       c->rpc.cancelled ? GRPC_STATUS_CANCELLED : GRPC_STATUS_OK);
       call_finish(w, c);
       continue;
     }
@@ -218,8 +222,8 @@ static void watch_start(struct kd_worker *w, struct kd_call *c, char *msg) {
   grpc_op op;
   memset(&op, 0, sizeof op);
   op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-  op.data.recv_close_on_server.cancelled = &c->cancelled;
-  if (grpc_call_start_batch(c->call, &op, 1, (void *)((uintptr_t)c | 1), NULL) != GRPC_CALL_OK) {
+  op.data.recv_close_on_server.cancelled = &c->rpc.cancelled;
+  if (grpc_call_start_batch(c->rpc.call, &op, 1, (void *)((uintptr_t)c | 1), NULL) != GRPC_CALL_OK) {
     call_finish(w, c);
     return;
   }
@@ -246,19 +250,19 @@ static void call_arrived(struct kd_worker *w, struct kd_call *c) {
   int code;
   switch (c->method) {
   case KD_M_SCORE:
-    code = kd_handle_score(w, c, &c->resp, msg);
+    code = kd_handle_score(w, c, &c->rpc.resp, msg);
     break;
   case KD_M_METADATA:
-    code = kd_handle_metadata(w, c, &c->resp, msg);
+    code = kd_handle_metadata(w, c, &c->rpc.resp, msg);
     break;
   case KD_M_CHECK:
-    code = kd_handle_check(w, c, &c->resp, msg);
+    code = kd_handle_check(w, c, &c->rpc.resp, msg);
     break;
   default:
     code = GRPC_STATUS_UNIMPLEMENTED;
     snprintf(msg, sizeof msg, "unknown method %.*s (kdrank-serve serves /kdrank.v1.Ranker/Score, "
              "/kdrank.v1.Ranker/GetModelMetadata, /grpc.health.v1.Health/Check and Watch)",
-             (int)GRPC_SLICE_LENGTH(c->details.method), (const char *)GRPC_SLICE_START_PTR(c->details.method));
+             (int)GRPC_SLICE_LENGTH(c->rpc.details.method), (const char *)GRPC_SLICE_START_PTR(c->rpc.details.method));
     break;
   }
   kd_arena_reset(&w->arena);
@@ -272,9 +276,9 @@ static void call_arrived(struct kd_worker *w, struct kd_call *c) {
 /* The reply batch of c completed: account for it and recycle the context. */
 static void call_replied(struct kd_worker *w, struct kd_call *c) {
   int code = c->code;
-  if (c->cancelled) {
+  if (c->rpc.cancelled) {
     gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
-    gpr_timespec dl = gpr_convert_clock_type(c->deadline, GPR_CLOCK_MONOTONIC);
+    gpr_timespec dl = gpr_convert_clock_type(c->rpc.deadline, GPR_CLOCK_MONOTONIC);
     code = (c->method != KD_M_UNKNOWN && gpr_time_cmp(now, dl) >= 0) ? GRPC_STATUS_DEADLINE_EXCEEDED
                                                                       : GRPC_STATUS_CANCELLED;
   }
@@ -314,8 +318,8 @@ static void *worker_main(void *arg) {
         call_replied(w, c);
       } else if (c->state == CALL_WATCHING) { /* a Watch send completed */
         c->watch_sending = 0;
-        if (c->resp) grpc_byte_buffer_destroy(c->resp);
-        c->resp = NULL;
+        if (c->rpc.resp) grpc_byte_buffer_destroy(c->rpc.resp);
+        c->rpc.resp = NULL;
         if (!ev.success) c->watch_ending = 1;
       }
     }

@@ -100,8 +100,8 @@ static int run(struct kd_worker *w, int method, const uint8_t *bytes, size_t len
   memset(&c, 0, sizeof c);
   c.w = w;
   c.method = method;
-  c.deadline = gpr_inf_future(GPR_CLOCK_MONOTONIC);
-  c.payload = len ? grpc_raw_byte_buffer_create(&s, 1) : NULL;
+  c.rpc.deadline = gpr_inf_future(GPR_CLOCK_MONOTONIC);
+  c.rpc.payload = len ? grpc_raw_byte_buffer_create(&s, 1) : NULL;
   c.t_dequeue = kd_now_ns();
   grpc_slice_unref(s);
   char msg[KD_SERVE_MSG_MAX];
@@ -113,7 +113,7 @@ static int run(struct kd_worker *w, int method, const uint8_t *bytes, size_t len
   CHECKF((code == GRPC_STATUS_OK) == (resp != NULL), "method %d code %d resp %p", method, code, (void *)resp);
   CHECKF(code == GRPC_STATUS_OK || msg[0], "method %d code %d without a message", method, code);
   if (resp) grpc_byte_buffer_destroy(resp);
-  if (c.payload) grpc_byte_buffer_destroy(c.payload);
+  if (c.rpc.payload) grpc_byte_buffer_destroy(c.rpc.payload);
   kd_arena_reset(&w->arena);
   return code;
 }
