@@ -10,6 +10,7 @@
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
+#include "client.h"
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/support/time.h>
@@ -51,52 +52,13 @@ static int call(grpc_channel *ch, const char *method, const char *auth, const Pr
   size_t n = protobuf_c_message_get_packed_size(req);
   grpc_slice body = grpc_slice_malloc(n);
   protobuf_c_message_pack(req, GRPC_SLICE_START_PTR(body));
-  grpc_byte_buffer *send = grpc_raw_byte_buffer_create(&body, 1);
-  grpc_slice_unref(body);
   grpc_metadata md;
   memset(&md, 0, sizeof md);
   md.key = grpc_slice_from_static_string("authorization");
   md.value = grpc_slice_from_copied_string(auth);
-  grpc_metadata_array init_md, trail_md;
-  grpc_metadata_array_init(&init_md);
-  grpc_metadata_array_init(&trail_md);
-  grpc_byte_buffer *recv = NULL;
-  grpc_status_code status = GRPC_STATUS_UNKNOWN;
-  grpc_slice details = grpc_empty_slice();
-  grpc_op ops[6];
-  memset(ops, 0, sizeof ops);
-  ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-  ops[0].data.send_initial_metadata.count = 1;
-  ops[0].data.send_initial_metadata.metadata = &md;
-  ops[1].op = GRPC_OP_SEND_MESSAGE;
-  ops[1].data.send_message.send_message = send;
-  ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-  ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-  ops[3].data.recv_initial_metadata.recv_initial_metadata = &init_md;
-  ops[4].op = GRPC_OP_RECV_MESSAGE;
-  ops[4].data.recv_message.recv_message = &recv;
-  ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-  ops[5].data.recv_status_on_client.trailing_metadata = &trail_md;
-  ops[5].data.recv_status_on_client.status = &status;
-  ops[5].data.recv_status_on_client.status_details = &details;
-  int tag = 1;
-  if (grpc_call_start_batch(c, ops, 6, &tag, NULL) == GRPC_CALL_OK)
-    grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-  snprintf(msg, mcap, "%.*s", (int)GRPC_SLICE_LENGTH(details), (const char *)GRPC_SLICE_START_PTR(details));
-  *resp_out = grpc_empty_slice();
-  if (recv) {
-    grpc_byte_buffer_reader rd;
-    if (grpc_byte_buffer_reader_init(&rd, recv)) {
-      *resp_out = grpc_byte_buffer_reader_readall(&rd);
-      grpc_byte_buffer_reader_destroy(&rd);
-    }
-    grpc_byte_buffer_destroy(recv);
-  }
-  grpc_slice_unref(details);
+  int status = kd_client_unary(c, cq, body, &md, 1, resp_out, msg, mcap);
+  grpc_slice_unref(body);
   grpc_slice_unref(md.value);
-  grpc_metadata_array_destroy(&init_md);
-  grpc_metadata_array_destroy(&trail_md);
-  grpc_byte_buffer_destroy(send);
   grpc_call_unref(c);
   grpc_completion_queue_shutdown(cq);
   while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type != GRPC_QUEUE_SHUTDOWN) {

@@ -15,6 +15,7 @@
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
+#include "../client.h"
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
@@ -48,53 +49,17 @@ static int unary(struct client *c, void *handle, const ProtobufCMessage *msg, gr
   size_t n = protobuf_c_message_get_packed_size(msg);
   grpc_slice s = grpc_slice_malloc(n);
   protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(s));
-  grpc_byte_buffer *req = grpc_raw_byte_buffer_create(&s, 1);
-  grpc_slice_unref(s);
   gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_seconds(30, GPR_TIMESPAN));
   grpc_call *call = grpc_channel_create_registered_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, c->cq, handle, dl, NULL);
-  grpc_metadata_array md, tr;
-  grpc_metadata_array_init(&md);
-  grpc_metadata_array_init(&tr);
-  grpc_byte_buffer *resp = NULL;
-  grpc_status_code status = GRPC_STATUS_UNKNOWN;
-  grpc_slice details;
-  grpc_op ops[6];
-  memset(ops, 0, sizeof ops);
-  ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-  ops[1].op = GRPC_OP_SEND_MESSAGE;
-  ops[1].data.send_message.send_message = req;
-  ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-  ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-  ops[3].data.recv_initial_metadata.recv_initial_metadata = &md;
-  ops[4].op = GRPC_OP_RECV_MESSAGE;
-  ops[4].data.recv_message.recv_message = &resp;
-  ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-  ops[5].data.recv_status_on_client.trailing_metadata = &tr;
-  ops[5].data.recv_status_on_client.status = &status;
-  ops[5].data.recv_status_on_client.status_details = &details;
-  grpc_call_start_batch(call, ops, 6, call, NULL);
-  grpc_completion_queue_pluck(c->cq, call, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
-  if (status != GRPC_STATUS_OK) {
-    char *d = grpc_slice_to_c_string(details);
-    fprintf(stderr, "bench: call failed: status %d: %s\n", (int)status, d);
-    gpr_free(d);
-  }
-  if (out) {
-    *out = grpc_empty_slice();
-    if (resp) {
-      grpc_byte_buffer_reader rd;
-      grpc_byte_buffer_reader_init(&rd, resp);
-      *out = grpc_byte_buffer_reader_readall(&rd);
-      grpc_byte_buffer_reader_destroy(&rd);
-    }
-  }
-  grpc_slice_unref(details);
-  grpc_metadata_array_destroy(&md);
-  grpc_metadata_array_destroy(&tr);
-  if (resp) grpc_byte_buffer_destroy(resp);
-  grpc_byte_buffer_destroy(req);
+  char details[512];
+  grpc_slice reply;
+  int status = kd_client_unary(call, c->cq, s, NULL, 0, &reply, details, sizeof details);
+  grpc_slice_unref(s);
   grpc_call_unref(call);
-  return (int)status;
+  if (status != GRPC_STATUS_OK) fprintf(stderr, "bench: call failed: status %d: %s\n", status, details);
+  if (out) *out = reply;
+  else grpc_slice_unref(reply);
+  return status;
 }
 
 /* A random valid ScoreRequest for the model described by meta with n candidates (1 id per

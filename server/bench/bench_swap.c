@@ -20,6 +20,7 @@
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
+#include "../client.h"
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/support/time.h>
@@ -64,46 +65,11 @@ static void conn_close(struct conn *c) {
 
 /* One unary call with pre-packed request bytes; returns the status, *out the reply bytes. */
 static int unary(struct conn *c, void *h, grpc_slice body, grpc_slice *out) {
-  grpc_byte_buffer *req = grpc_raw_byte_buffer_create(&body, 1);
   gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_seconds(30, GPR_TIMESPAN));
   grpc_call *call = grpc_channel_create_registered_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, c->cq, h, dl, NULL);
-  grpc_metadata_array md, tr;
-  grpc_metadata_array_init(&md);
-  grpc_metadata_array_init(&tr);
-  grpc_byte_buffer *resp = NULL;
-  grpc_status_code status = GRPC_STATUS_UNKNOWN;
-  grpc_slice details = grpc_empty_slice();
-  grpc_op ops[6];
-  memset(ops, 0, sizeof ops);
-  ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-  ops[1].op = GRPC_OP_SEND_MESSAGE;
-  ops[1].data.send_message.send_message = req;
-  ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-  ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-  ops[3].data.recv_initial_metadata.recv_initial_metadata = &md;
-  ops[4].op = GRPC_OP_RECV_MESSAGE;
-  ops[4].data.recv_message.recv_message = &resp;
-  ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-  ops[5].data.recv_status_on_client.trailing_metadata = &tr;
-  ops[5].data.recv_status_on_client.status = &status;
-  ops[5].data.recv_status_on_client.status_details = &details;
-  if (grpc_call_start_batch(call, ops, 6, call, NULL) == GRPC_CALL_OK)
-    grpc_completion_queue_pluck(c->cq, call, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
-  *out = grpc_empty_slice();
-  if (resp) {
-    grpc_byte_buffer_reader rd;
-    if (grpc_byte_buffer_reader_init(&rd, resp)) {
-      *out = grpc_byte_buffer_reader_readall(&rd);
-      grpc_byte_buffer_reader_destroy(&rd);
-    }
-    grpc_byte_buffer_destroy(resp);
-  }
-  grpc_slice_unref(details);
-  grpc_metadata_array_destroy(&md);
-  grpc_metadata_array_destroy(&tr);
-  grpc_byte_buffer_destroy(req);
+  int status = kd_client_unary(call, c->cq, body, NULL, 0, out, NULL, 0);
   grpc_call_unref(call);
-  return (int)status;
+  return status;
 }
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
@@ -183,7 +149,7 @@ static void *worker_main(void *arg) {
   while (!atomic_load(&g_stop)) {
     grpc_slice out;
     double t0 = now_ms();
-    int st = unary(&c, c.h_score, grpc_slice_ref(w->req), &out);
+    int st = unary(&c, c.h_score, w->req, &out);
     double ms = now_ms() - t0;
     int64_t ver = -1;
     if (st == GRPC_STATUS_OK) {
@@ -283,7 +249,9 @@ int main(int argc, char **argv) {
   grpc_slice ms = grpc_slice_malloc(msz);
   kdrank__v1__get_model_metadata_request__pack(&mr, GRPC_SLICE_START_PTR(ms));
   grpc_slice out;
-  if (unary(&c, c.h_meta, ms, &out) != GRPC_STATUS_OK) {
+  int mst = unary(&c, c.h_meta, ms, &out);
+  grpc_slice_unref(ms);
+  if (mst != GRPC_STATUS_OK) {
     fprintf(stderr, "bench: GetModelMetadata failed\n");
     return 1;
   }
